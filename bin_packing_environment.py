@@ -1,0 +1,578 @@
+"""Online stochastic bin packing (the ORL benchmark) and its picture.
+
+One item arrives per step; the agent puts it into an open bin or opens a new one.
+The state is N_h, the number of open bins filled to level h (h = 1..B-1), plus the
+arriving item's size. Action 0 opens a new bin, action a >= 1 uses a bin at level a.
+Reward: -(B - item) for a new bin, +item otherwise, so an episode's total reward is
+minus the empty space left in all opened bins (the final waste).
+
+Everything steps through one vectorised core, `BatchBinPacking`, which plays many
+independent episodes at once in numpy; the gym classes are thin views of a batch of
+one, so the single and batch environments cannot drift apart.
+
+The picture (64x64x3 uint8), see `encode_state`:
+- rows 60..63 (bottom): the arriving item as a 6x4 box at x = 6*(size-1), coloured by size;
+- band h (h = 1..29) is the two rows 60-2h .. 61-2h; rows 0..1 stay empty. Bands never overlap.
+- a band shows N_h as 2-pixel-wide segments from the left. 1 <= N <= 29: N segments coloured
+  palette[N-1]. N >= 30: N // 15 darkest segments (15 each) then one segment coloured
+  palette[N % 15] when the remainder is not 0. The band is 32 segments wide, so the largest
+  count a band can show is MAX_BAND_COUNT = 480; larger counts are drawn as 480 (the picture
+  saturates) and `decode_picture` returns 480 for them.
+
+Run `python bin_packing_environment.py` to play it with the keyboard.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import tempfile
+import uuid
+from numbers import Integral, Real
+from typing import Mapping, Sequence
+
+import gym
+import numpy as np
+from gym import spaces
+
+# ---------------------------------------------------------------- configuration
+
+PRESETS: dict[str, dict] = {
+    "perfect_pack": dict(bin_size=30, item_sizes=[1, 2, 3, 4, 5, 6, 7, 8, 9],
+                         item_probabilities=[0.06, 0.11, 0.11, 0.22, 0, 0.11, 0.06, 0, 0.33],
+                         time_horizon=1000),
+    "bounded_waste": dict(bin_size=30, item_sizes=[1, 2, 3, 4, 5, 6, 7, 8, 9],
+                          item_probabilities=[0.14, 0.10, 0.06, 0.13, 0.11, 0.13, 0.03, 0.11, 0.19],
+                          time_horizon=1000),
+    "linear_waste": dict(bin_size=30, item_sizes=[1, 2, 3, 4, 5, 6, 7, 8, 9],
+                         item_probabilities=[0, 0, 0, 1 / 3, 0, 0, 0, 0, 2 / 3], time_horizon=1000),
+    "small": dict(bin_size=9, item_sizes=[2, 3], item_probabilities=[0.8, 0.2], time_horizon=1000),
+}
+DEFAULT_PRESET = "perfect_pack"
+
+# Penalty of ORL's base environment for an invalid action (the episode then ends).
+INVALID_ACTION_PENALTY = -100.0
+
+# Independent seed streams, so that evaluation never replays an episode training saw.
+SEED_STREAMS = {"train": 0, "eval": 1, "rollout": 2, "play": 3}
+
+
+def _is_integer(x) -> bool:
+    return isinstance(x, Integral) or (isinstance(x, Real) and float(x).is_integer())
+
+
+@dataclasses.dataclass(frozen=True)
+class BinPackingConfig:
+    bin_size: int
+    item_sizes: tuple
+    item_probabilities: tuple
+    time_horizon: int
+
+    def __post_init__(self):
+        def bad(field, why):
+            raise ValueError(f"invalid bin packing config: {field} {why}")
+
+        if not _is_integer(self.bin_size) or isinstance(self.bin_size, bool) or self.bin_size < 2:
+            bad("bin_size", f"must be an integer >= 2, got {self.bin_size!r}")
+        if not _is_integer(self.time_horizon) or isinstance(self.time_horizon, bool) or self.time_horizon < 1:
+            bad("time_horizon", f"must be an integer >= 1, got {self.time_horizon!r}")
+        sizes, probs = list(self.item_sizes), list(self.item_probabilities)
+        if not sizes:
+            bad("item_sizes", "must not be empty")
+        if len(sizes) != len(probs):
+            bad("item_probabilities", f"has {len(probs)} entries but item_sizes has {len(sizes)}")
+        for s in sizes:
+            if not _is_integer(s) or isinstance(s, bool):
+                bad("item_sizes", f"must hold integers, got {s!r}")
+            if not 1 <= s < self.bin_size:
+                bad("item_sizes", f"must be >= 1 and smaller than bin_size={self.bin_size}, got {s}")
+        if len(set(int(s) for s in sizes)) != len(sizes):
+            bad("item_sizes", "must not repeat a size")
+        for p in probs:
+            if not isinstance(p, Real) or isinstance(p, bool) or not math.isfinite(p) or p < 0:
+                bad("item_probabilities", f"must be finite and non-negative, got {p!r}")
+        if abs(sum(probs) - 1.0) > 1e-6:
+            bad("item_probabilities", f"must sum to 1, got {sum(probs):.6g}")
+        object.__setattr__(self, "bin_size", int(self.bin_size))
+        object.__setattr__(self, "time_horizon", int(self.time_horizon))
+        object.__setattr__(self, "item_sizes", tuple(int(s) for s in sizes))
+        object.__setattr__(self, "item_probabilities", tuple(float(p) for p in probs))
+
+    @property
+    def num_actions(self) -> int:
+        return self.bin_size
+
+    @property
+    def state_size(self) -> int:
+        return self.bin_size + 1
+
+
+def make_config(config=None) -> BinPackingConfig:
+    """Accept a preset name, a dict of fields (missing ones from perfect_pack) or a config."""
+    if config is None:
+        config = DEFAULT_PRESET
+    if isinstance(config, BinPackingConfig):
+        return config
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown preset {config!r}; choose one of {sorted(PRESETS)}")
+        return BinPackingConfig(**PRESETS[config])
+    if isinstance(config, Mapping):
+        unknown = set(config) - {f.name for f in dataclasses.fields(BinPackingConfig)}
+        if unknown:
+            raise ValueError(f"invalid bin packing config: unknown field(s) {sorted(unknown)}")
+        return BinPackingConfig(**{**PRESETS[DEFAULT_PRESET], **config})
+    raise ValueError(f"config must be a preset name, a dict or a BinPackingConfig, got {type(config).__name__}")
+
+
+def episode_seeds(seed: int, n: int, stream: str = "train") -> np.ndarray:
+    """n distinct per-episode seeds derived from (seed, stream); streams never overlap."""
+    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(SEED_STREAMS[stream],))
+    return ss.generate_state(n, dtype=np.uint64)
+
+
+# ---------------------------------------------------------------- the picture
+
+PICTURE_SHAPE = (64, 64, 3)
+MAX_LEVELS = 29          # bands available: bin sizes up to 30
+MAX_ITEM_SIZE = 10       # item boxes that fit in the bottom row
+SEGMENTS = 32            # 2-pixel segments per band
+LARGE_UNIT = 15          # what one darkest segment stands for once N >= 30
+MAX_BAND_COUNT = SEGMENTS * LARGE_UNIT
+ITEM_ROWS = slice(60, 64)
+
+
+def _blues(n: int) -> np.ndarray:
+    light, dark = np.array([222, 235, 247.0]), np.array([8, 48, 107.0])
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    return np.rint(light + (dark - light) * t).astype(np.uint8)
+
+
+PALETTE = _blues(30)                  # light = small, dark = large
+BACKGROUND = np.zeros(3, np.uint8)
+
+
+def _band_segments(count: int) -> list[int]:
+    """Palette index of each segment drawn for a band count (empty list for 0)."""
+    count = min(int(count), MAX_BAND_COUNT)
+    if count < 30:
+        return [count - 1] * count
+    full, rest = divmod(count, LARGE_UNIT)
+    return [29] * full + ([rest] if rest else [])
+
+
+def _make_band_table() -> np.ndarray:
+    table = np.zeros((MAX_BAND_COUNT + 1, 64, 3), np.uint8)
+    for count in range(MAX_BAND_COUNT + 1):
+        for k, colour in enumerate(_band_segments(count)):
+            table[count, 2 * k:2 * k + 2] = PALETTE[colour]
+    return table
+
+
+def _make_item_table() -> np.ndarray:
+    table = np.zeros((MAX_ITEM_SIZE + 1, 4, 64, 3), np.uint8)
+    for size in range(1, MAX_ITEM_SIZE + 1):
+        table[size, :, 6 * (size - 1):6 * size] = PALETTE[min(3 * size - 1, 29)]
+    return table
+
+
+BAND_TABLE = _make_band_table()       # BAND_TABLE[N] is one row of band pixels
+ITEM_TABLE = _make_item_table()       # ITEM_TABLE[size] is the 4-row item strip (size 0: empty)
+
+
+def _band_rows(level: int) -> slice:
+    return slice(60 - 2 * level, 62 - 2 * level)
+
+
+def encode_states(states) -> np.ndarray:
+    """Pictures (n,64,64,3) of state vectors (n, B+1): [unused, N_1..N_{B-1}, item]."""
+    states = np.asarray(states)
+    if states.ndim != 2:
+        raise ValueError(f"states must have shape (n, B+1), got {states.shape}")
+    levels = states.shape[1] - 2
+    if levels > MAX_LEVELS:
+        raise ValueError(f"the picture shows bin sizes up to {MAX_LEVELS + 1}, got {levels + 1}")
+    items = states[:, -1]
+    if np.any(items < 0) or np.any(items > MAX_ITEM_SIZE):
+        raise ValueError(f"the picture shows item sizes 0..{MAX_ITEM_SIZE}")
+    counts = np.clip(states[:, 1:levels + 1], 0, MAX_BAND_COUNT)
+    pics = np.zeros((len(states),) + PICTURE_SHAPE, np.uint8)
+    bands = BAND_TABLE[counts]                       # (n, levels, 64, 3), level 1 first
+    rows = bands[:, ::-1].repeat(2, axis=1)          # highest level at the top
+    pics[:, 60 - 2 * levels:60] = rows
+    pics[:, ITEM_ROWS] = ITEM_TABLE[items]
+    return pics
+
+
+def encode_state(state) -> np.ndarray:
+    """The 64x64x3 uint8 picture of one state vector."""
+    return encode_states(np.asarray(state)[None])[0]
+
+
+def _nearest_colour(pixels: np.ndarray) -> np.ndarray:
+    """Index into [BACKGROUND, PALETTE...] (0 = background) of the nearest colour."""
+    colours = np.concatenate([BACKGROUND[None], PALETTE]).astype(np.float32)
+    d = ((pixels[..., None, :].astype(np.float32) - colours) ** 2).sum(-1)
+    return d.argmin(-1)
+
+
+def decode_pictures(pictures, bin_size: int = 30) -> np.ndarray:
+    """Inverse of `encode_states`; tolerant of noise (nearest colour per segment)."""
+    pictures = np.asarray(pictures)
+    if pictures.ndim != 4 or pictures.shape[1:] != PICTURE_SHAPE:
+        raise ValueError(f"pictures must have shape (n, 64, 64, 3), got {pictures.shape}")
+    levels = bin_size - 1
+    n = len(pictures)
+    band_area = pictures[:, 60 - 2 * levels:60].astype(np.float32)
+    # mean colour of each 2x2 segment: (n, levels, 32, 3), level order top-down
+    seg = band_area.reshape(n, levels, 2, SEGMENTS, 2, 3).mean(axis=(2, 4))[:, ::-1]
+    idx = _nearest_colour(seg) - 1                   # -1 = background, else palette index
+    filled = idx >= 0
+    # a band is read as its leading run of filled segments
+    run = np.cumprod(filled, axis=-1).astype(bool)
+    length = run.sum(-1)
+    first = idx[..., 0]
+    large = first == 29
+    darkest = (run & (idx == 29)).sum(-1)
+    last = np.take_along_axis(idx, np.maximum(length - 1, 0)[..., None], -1)[..., 0]
+    rest = np.where(length > darkest, last, 0)
+    counts = np.where(large, darkest * LARGE_UNIT + rest, length)
+    item_strip = pictures[:, ITEM_ROWS].astype(np.float32).mean(axis=1)        # (n, 64, 3)
+    boxes = item_strip[:, :6 * MAX_ITEM_SIZE].reshape(n, MAX_ITEM_SIZE, 6, 3).mean(2)
+    lit = _nearest_colour(boxes) > 0
+    items = np.where(lit.any(-1), lit.argmax(-1) + 1, 0)
+    states = np.zeros((n, bin_size + 1), np.int64)
+    states[:, 1:bin_size] = counts
+    states[:, -1] = items
+    return states
+
+
+def decode_picture(picture, bin_size: int = 30) -> np.ndarray:
+    """The state vector a picture shows (exact inverse of `encode_state` up to MAX_BAND_COUNT)."""
+    return decode_pictures(np.asarray(picture)[None], bin_size)[0]
+
+
+def action_masks(states) -> np.ndarray:
+    """Valid actions (n, B) uint8 of state vectors (n, B+1): new bin, or a level the item fits."""
+    states = np.asarray(states)
+    bin_size = states.shape[1] - 1
+    levels = np.arange(bin_size)
+    mask = (states[:, :bin_size] > 0) & (levels + states[:, -1:] <= bin_size)
+    mask[:, 0] = True
+    return mask.astype(np.uint8)
+
+
+def action_mask(state) -> np.ndarray:
+    return action_masks(np.asarray(state)[None])[0]
+
+
+def waste(states) -> np.ndarray:
+    """Empty space in all open bins, sum_h N_h (B - h), for state vectors (n, B+1)."""
+    states = np.asarray(states)
+    bin_size = states.shape[1] - 1
+    return (states[:, 1:bin_size] * (bin_size - np.arange(1, bin_size))).sum(-1)
+
+
+# ---------------------------------------------------------------- recording
+
+RECORD_KEYS = ("obs", "action", "reward", "done", "action_mask", "state")
+
+
+def write_episode_npz(record_dir: str, episode: Mapping[str, np.ndarray], name: str | None = None) -> str:
+    """Write one episode as compressed npz, atomically (temp file then rename)."""
+    missing = [k for k in RECORD_KEYS if k not in episode]
+    if missing:
+        raise ValueError(f"episode is missing {missing}")
+    os.makedirs(record_dir, exist_ok=True)
+    path = os.path.join(record_dir, (name or uuid.uuid4().hex) + ".npz")
+    fd, tmp = tempfile.mkstemp(dir=record_dir, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **{k: np.asarray(episode[k]) for k in RECORD_KEYS})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_episode_npz(path: str) -> dict:
+    """Load a recorded episode; ValueError naming the file if it is corrupt or inconsistent."""
+    try:
+        with np.load(path) as data:
+            episode = {k: data[k] for k in RECORD_KEYS}
+    except Exception as e:  # zipfile, KeyError, EOF...: all mean an unusable file
+        raise ValueError(f"corrupt episode file {path}: {type(e).__name__}: {e}") from None
+    n = len(episode["action"])
+    if n == 0 or any(len(v) != n for v in episode.values()):
+        raise ValueError(f"corrupt episode file {path}: empty or arrays of different lengths")
+    if episode["obs"].dtype != np.uint8 or episode["obs"].shape[1:] != PICTURE_SHAPE:
+        raise ValueError(f"corrupt episode file {path}: obs must be uint8 (N,64,64,3)")
+    return episode
+
+
+def list_episodes(record_dir: str) -> list[str]:
+    if not os.path.isdir(record_dir):
+        raise ValueError(f"record directory {record_dir!r} does not exist")
+    return sorted(os.path.join(record_dir, f) for f in os.listdir(record_dir) if f.endswith(".npz"))
+
+
+# ---------------------------------------------------------------- the vectorised core
+
+INVALID_MODES = ("error", "penalty", "nearest")
+
+
+def _check_actions(actions, n: int, num_actions: int) -> np.ndarray:
+    arr = np.asarray(actions)
+    if arr.ndim == 0:
+        arr = arr[None]
+    if arr.shape != (n,):
+        raise ValueError(f"expected {n} action(s), got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise ValueError(f"actions must be integers, got {arr.tolist()[:8]}")
+    elif arr.dtype.kind not in "iub":
+        raise ValueError(f"actions must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if np.any(arr < 0) or np.any(arr >= num_actions):
+        raise ValueError(f"actions must be in 0..{num_actions - 1}, got {arr[(arr < 0) | (arr >= num_actions)][:8].tolist()}")
+    return arr
+
+
+def nearest_valid(actions: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The valid action closest to each requested one (ties go to the lower level)."""
+    dist = np.abs(np.arange(masks.shape[1]) - actions[:, None]).astype(np.float64)
+    dist[masks == 0] = np.inf
+    return dist.argmin(-1)
+
+
+class BatchBinPacking:
+    """Many independent episodes stepped together; the one implementation of the rules.
+
+    invalid_action: "error" raises ValueError, "penalty" ends that episode with ORL's
+    penalty, "nearest" replaces the action with the nearest valid one.
+    Finished episodes stay frozen (reward 0) until the next reset.
+    """
+
+    def __init__(self, config=None, num_envs: int = 1, pictures: bool = False, invalid_action: str = "error"):
+        self.config = make_config(config)
+        if invalid_action not in INVALID_MODES:
+            raise ValueError(f"invalid_action must be one of {INVALID_MODES}, got {invalid_action!r}")
+        if not _is_integer(num_envs) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        if pictures and (self.config.bin_size - 1 > MAX_LEVELS or max(self.config.item_sizes) > MAX_ITEM_SIZE):
+            raise ValueError(f"pictures need bin_size <= {MAX_LEVELS + 1} and items <= {MAX_ITEM_SIZE}")
+        self.num_envs, self.pictures, self.invalid_action = int(num_envs), pictures, invalid_action
+        self.states = None
+
+    def reset(self, seeds: Sequence[int]):
+        seeds = np.asarray(seeds).reshape(-1)
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"reset needs {self.num_envs} seeds, got {len(seeds)}")
+        cfg = self.config
+        sizes, probs = np.array(cfg.item_sizes), np.array(cfg.item_probabilities)
+        # The whole item stream is drawn up front from each episode's own generator.
+        self.items = np.stack([np.random.default_rng(int(s)).choice(sizes, size=cfg.time_horizon, p=probs)
+                               for s in seeds]).astype(np.int64)
+        self.t = 0
+        self.states = np.zeros((self.num_envs, cfg.bin_size + 1), np.int64)
+        self.states[:, -1] = self.items[:, 0]
+        self.done = np.zeros(self.num_envs, bool)
+        self.last_reward = np.zeros(self.num_envs)
+        self.picture_batch = encode_states(self.states) if self.pictures else None
+        return self.observation()
+
+    def observation(self) -> dict:
+        obs = {"state": self.states.copy(), "action_mask": action_masks(self.states)}
+        if self.pictures:
+            obs["picture"] = self.picture_batch.copy()
+        return obs
+
+    def step(self, actions):
+        if self.states is None:
+            raise RuntimeError("call reset() before step()")
+        if self.t >= self.config.time_horizon:
+            raise RuntimeError("the episodes are over; call reset()")
+        B = self.config.bin_size
+        actions = _check_actions(actions, self.num_envs, B)
+        live = ~self.done
+        rows = np.arange(self.num_envs)
+        item = self.states[:, -1]
+        masks = action_masks(self.states)
+        valid = masks[rows, actions].astype(bool)
+        invalid = live & ~valid
+        if invalid.any():
+            if self.invalid_action == "error":
+                bad = np.flatnonzero(invalid)[0]
+                raise ValueError(f"invalid action {actions[bad]} for item {item[bad]} with counts "
+                                 f"{self.states[bad, 1:B].tolist()} (episode {bad})")
+            if self.invalid_action == "nearest":
+                actions = np.where(invalid, nearest_valid(actions, masks), actions)
+                invalid[:] = False
+        act = live & ~invalid
+        new_bin = actions == 0
+        reward = np.where(new_bin, -(B - item), item).astype(np.float64)
+        target = np.where(new_bin, item, actions + item)       # the bin's level after placement
+        ar = rows[act]
+        np.subtract.at(self.states, (ar, actions[act]), ~new_bin[act])
+        keep = act & (target < B)                               # a full bin leaves the state
+        np.add.at(self.states, (rows[keep], target[keep]), 1)
+        reward = np.where(invalid, INVALID_ACTION_PENALTY + self.last_reward, np.where(act, reward, 0.0))
+        self.last_reward = np.where(act, reward, self.last_reward)
+        self.t += 1
+        ended = invalid | (self.t >= self.config.time_horizon)
+        self.done |= ended
+        next_item = self.items[:, self.t] if self.t < self.config.time_horizon else 0
+        self.states[:, -1] = np.where(self.done, 0, next_item)
+        if self.pictures:
+            self._redraw(rows[live], actions[live], target[live], new_bin[live])
+        info = {"waste": waste(self.states), "valid": ~invalid & live}
+        return self.observation(), reward, self.done.copy(), info
+
+    def _redraw(self, rows, actions, target, new_bin):
+        """Update only what changed: two bands and the item strip of each live episode."""
+        B = self.config.bin_size
+        pics, states = self.picture_batch, self.states
+        for level in (np.where(new_bin, 0, actions), np.minimum(target, B - 1)):
+            ok = (level >= 1) & (level < B)
+            r, lv = rows[ok], level[ok]
+            band = BAND_TABLE[np.minimum(states[r, lv], MAX_BAND_COUNT)]          # (k, 64, 3)
+            top = 60 - 2 * lv
+            pics[r, top] = band
+            pics[r, top + 1] = band
+        pics[:, ITEM_ROWS] = ITEM_TABLE[states[:, -1]]
+
+
+# ---------------------------------------------------------------- gym environments
+
+class _BinPackingGymBase(gym.Env):
+    """A gym view of a batch of one episode; subclasses only choose the observation."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+    invalid_action = "penalty"
+    pictures = False
+
+    def __init__(self, env_config=None, record: bool = False, record_dir: str = "record"):
+        super().__init__()
+        self.config = make_config(env_config)
+        self.record = bool(record) and self.pictures
+        if record and not self.pictures:
+            raise ValueError("recording needs a picture environment (BinPacking2DMaskGymEnvironment)")
+        self.record_dir = record_dir
+        self.core = BatchBinPacking(self.config, 1, pictures=self.pictures, invalid_action=self.invalid_action)
+        B = self.config.bin_size
+        self.action_space = spaces.Discrete(B)
+        self._rng = np.random.default_rng()
+        self._episode = None
+        self.state_space = spaces.Box(0, np.iinfo(np.int64).max, (B + 1,), np.int64)
+
+    @property
+    def state(self) -> np.ndarray:
+        return self.core.states[0].copy()
+
+    def reset(self, *, seed=None, return_info=False, options=None):
+        # reset(seed=s) plays exactly the items of BatchBinPacking.reset([s]); later resets
+        # without a seed continue from a generator seeded by s.
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+            episode_seed = seed
+        else:
+            episode_seed = self._rng.integers(2 ** 63)
+        obs = self.core.reset([episode_seed])
+        self._last = obs
+        self._episode = {k: [] for k in RECORD_KEYS} if self.record else None
+        out = self._obs(obs)
+        return (out, self._info(obs, 0)) if return_info else out
+
+    def _info(self, obs, total_waste):
+        return {"state": obs["state"][0], "waste": int(total_waste), "action_mask": obs["action_mask"][0]}
+
+    def step(self, action):
+        if self.core.states is None:
+            raise RuntimeError("call reset() before step()")
+        if self.core.done[0]:
+            raise RuntimeError("the episode is over; call reset()")
+        before = self._last
+        obs, reward, done, info = self.core.step([action])
+        if self._episode is not None:
+            for key, value in (("obs", before["picture"][0]), ("action", int(action)), ("reward", reward[0]),
+                               ("done", done[0]), ("action_mask", before["action_mask"][0]),
+                               ("state", before["state"][0])):
+                self._episode[key].append(value)
+            if done[0]:
+                write_episode_npz(self.record_dir, {k: np.asarray(v) for k, v in self._episode.items()})
+        self._last = obs
+        return self._obs(obs), float(reward[0]), bool(done[0]), self._info(obs, info["waste"][0])
+
+    def render(self, mode="rgb_array"):
+        return encode_state(self.core.states[0])
+
+
+class BinPackingGymEnvironment(_BinPackingGymBase):
+    """ORL's base environment: observation is the state vector; an invalid action ends the episode."""
+
+    def __init__(self, env_config=None, **kwargs):
+        super().__init__(env_config, **kwargs)
+        self.observation_space = self.state_space
+
+    def _obs(self, obs):
+        return obs["state"][0]
+
+
+class BinPackingNearActionGymEnvironment(BinPackingGymEnvironment):
+    """An invalid action is replaced by the nearest valid one."""
+    invalid_action = "nearest"
+
+
+class BinPackingActionMaskGymEnvironment(_BinPackingGymBase):
+    """Observation {"action_mask", "real_obs"} with the state vector as real_obs."""
+
+    def __init__(self, env_config=None, **kwargs):
+        super().__init__(env_config, **kwargs)
+        B = self.config.bin_size
+        self.observation_space = spaces.Dict({"action_mask": spaces.Box(0, 1, (B,), np.uint8),
+                                              "real_obs": self.state_space})
+
+    def _obs(self, obs):
+        return {"action_mask": obs["action_mask"][0], "real_obs": obs["state"][0]}
+
+
+class BinPacking2DMaskGymEnvironment(BinPackingActionMaskGymEnvironment):
+    """What the world model sees: real_obs is the 64x64x3 picture. Can record episodes."""
+    pictures = True
+
+    def __init__(self, env_config=None, **kwargs):
+        super().__init__(env_config, **kwargs)
+        B = self.config.bin_size
+        self.observation_space = spaces.Dict({"action_mask": spaces.Box(0, 1, (B,), np.uint8),
+                                              "real_obs": spaces.Box(0, 255, PICTURE_SHAPE, np.uint8)})
+
+    def _obs(self, obs):
+        return {"action_mask": obs["action_mask"][0], "real_obs": obs["picture"][0]}
+
+
+ENV_ID = "BinPackingEnv-v0"
+if ENV_ID not in gym.envs.registry:
+    # gym 0.25's passive checker uses np.bool8, which numpy 2 removed; our tests check the API.
+    gym.register(id=ENV_ID, entry_point=f"{__name__}:BinPacking2DMaskGymEnvironment", disable_env_checker=True)
+
+
+# ---------------------------------------------------------------- keyboard play
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Play online bin packing with the keyboard.")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", action="store_true", help="write the finished episode to --record_dir")
+    parser.add_argument("--record_dir", default="record")
+    parser.add_argument("--scale", type=int, default=8, help="pixels per picture pixel")
+    args = parser.parse_args(argv)
+    from play import play
+    env = BinPacking2DMaskGymEnvironment(args.preset, record=args.record, record_dir=args.record_dir)
+    play(env, seed=args.seed, scale=args.scale)
+
+
+if __name__ == "__main__":
+    main()
