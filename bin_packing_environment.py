@@ -14,8 +14,9 @@ The picture (64x64x3 uint8), see `encode_state`:
 - rows 60..63 (bottom): the arriving item as a 6x4 box at x = 6*(size-1), coloured by size;
 - band h (h = 1..29) is the two rows 60-2h .. 61-2h; rows 0..1 stay empty. Bands never overlap.
 - a band shows N_h as 2-pixel-wide segments from the left. 1 <= N <= 29: N segments coloured
-  palette[N-1]. N >= 30: N // 15 darkest segments (15 each) then one segment coloured
-  palette[N % 15] when the remainder is not 0. The band is 32 segments wide, so the largest
+  palette[N-1], so both length and colour tell N. N >= 30: N // 15 darkest segments (15 each),
+  then, if the remainder r = N % 15 is not 0, one segment coloured palette[2r-1] (every other
+  colour, so that a slightly wrong colour still reads as the right remainder). The band is 32 segments wide, so the largest
   count a band can show is MAX_BAND_COUNT = 480; larger counts are drawn as 480 (the picture
   saturates) and `decode_picture` returns 480 for them.
 
@@ -159,7 +160,7 @@ def _band_segments(count: int) -> list[int]:
     if count < 30:
         return [count - 1] * count
     full, rest = divmod(count, LARGE_UNIT)
-    return [29] * full + ([rest] if rest else [])
+    return [29] * full + ([2 * rest - 1] if rest else [])
 
 
 def _make_band_table() -> np.ndarray:
@@ -229,15 +230,21 @@ def decode_pictures(pictures, bin_size: int = 30) -> np.ndarray:
     seg = band_area.reshape(n, levels, 2, SEGMENTS, 2, 3).mean(axis=(2, 4))[:, ::-1]
     idx = _nearest_colour(seg) - 1                   # -1 = background, else palette index
     filled = idx >= 0
-    # a band is read as its leading run of filled segments
-    run = np.cumprod(filled, axis=-1).astype(bool)
+    # a band is read as its leading run of filled segments; a run whose colour (ignoring the
+    # last segment, which may be a remainder) is closer to the darkest than to the colour
+    # its length implies is in the large mode.
+    run = np.cumprod(idx >= 0, axis=-1).astype(bool)
     length = run.sum(-1)
-    first = idx[..., 0]
-    large = first == 29
-    darkest = (run & (idx == 29)).sum(-1)
-    last = np.take_along_axis(idx, np.maximum(length - 1, 0)[..., None], -1)[..., 0]
-    rest = np.where(length > darkest, last, 0)
-    counts = np.where(large, darkest * LARGE_UNIT + rest, length)
+    head = run.copy()
+    np.put_along_axis(head, np.maximum(length - 1, 0)[..., None], length[..., None] == 1, -1)
+    head_colour = (np.where(head, idx, 0).sum(-1) / np.maximum(head.sum(-1), 1))
+    large = (length >= 30) | ((length >= 2) & (np.abs(head_colour - 29) < np.abs(head_colour - (length - 1))))
+    # the last segment is either darkest or a remainder colour: choose among those 15 only
+    last = np.take_along_axis(seg, np.maximum(length - 1, 0)[..., None, None], -2)[..., 0, :]
+    choices = np.concatenate([PALETTE[-1:], PALETTE[1:29:2]]).astype(np.float32)
+    rest = ((last[..., None, :] - choices) ** 2).sum(-1).argmin(-1)       # 0 = darkest
+    last_is_rest = rest > 0
+    counts = np.where(large, (length - last_is_rest) * LARGE_UNIT + rest, length)
     item_strip = pictures[:, ITEM_ROWS].astype(np.float32).mean(axis=1)        # (n, 64, 3)
     boxes = item_strip[:, :6 * MAX_ITEM_SIZE].reshape(n, MAX_ITEM_SIZE, 6, 3).mean(2)
     lit = _nearest_colour(boxes) > 0
@@ -385,7 +392,8 @@ class BatchBinPacking:
         return self.observation()
 
     def observation(self) -> dict:
-        obs = {"state": self.states.copy(), "action_mask": action_masks(self.states)}
+        self.masks = action_masks(self.states)
+        obs = {"state": self.states.copy(), "action_mask": self.masks.copy()}
         if self.pictures:
             obs["picture"] = self.picture_batch.copy()
         return obs
@@ -400,7 +408,7 @@ class BatchBinPacking:
         live = ~self.done
         rows = np.arange(self.num_envs)
         item = self.states[:, -1]
-        masks = action_masks(self.states)
+        masks = self.masks
         valid = masks[rows, actions].astype(bool)
         invalid = live & ~valid
         if invalid.any():
@@ -415,10 +423,11 @@ class BatchBinPacking:
         new_bin = actions == 0
         reward = np.where(new_bin, -(B - item), item).astype(np.float64)
         target = np.where(new_bin, item, actions + item)       # the bin's level after placement
-        ar = rows[act]
-        np.subtract.at(self.states, (ar, actions[act]), ~new_bin[act])
+        # one (row, level) pair per episode, so plain fancy indexing cannot collide
+        take = act & ~new_bin
+        self.states[rows[take], actions[take]] -= 1
         keep = act & (target < B)                               # a full bin leaves the state
-        np.add.at(self.states, (rows[keep], target[keep]), 1)
+        self.states[rows[keep], target[keep]] += 1
         reward = np.where(invalid, INVALID_ACTION_PENALTY + self.last_reward, np.where(act, reward, 0.0))
         self.last_reward = np.where(act, reward, self.last_reward)
         self.t += 1

@@ -1,0 +1,60 @@
+"""The main job: score the shipped agent and the baselines on the real environment.
+
+Every policy plays the same episodes (the 'eval' seed stream, never used in training) and
+the script prints a table of mean total reward with its standard error, writes the rows to
+results/evaluation.json and a bar chart to results/evaluation.png.
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+import baselines
+from bin_packing_environment import PRESETS
+
+
+def bar_chart(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names = [r["policy"] for r in rows]
+    means = [r["mean_reward"] for r in rows]
+    ax.barh(names, means, xerr=[1.96 * r["stderr"] for r in rows], color="#4a90c2")
+    for y, m in enumerate(means):
+        ax.text(m, y, f" {m:.1f}", va="center", ha="right" if m < 0 else "left", color="white" if m < -60 else "black")
+    ax.set_xlabel("mean total reward per episode (= minus final waste); bars: 95% interval")
+    ax.set_title(f"{rows[0]['preset']}, {rows[0]['episodes']} episodes each")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
+    parser.add_argument("--out_dir", default="results")
+    args = parser.parse_args()
+    rows = []
+    for name, policy in baselines.POLICIES.items():
+        start = time.time()
+        totals = baselines.evaluate_policy(policy, args.preset, args.episodes, args.seed)
+        rows.append(baselines.summarise(name, args.preset, totals, wall_time_s=round(time.time() - start, 1)))
+    print(f"| policy | mean reward | stderr | episodes |\n| --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['policy']} | {r['mean_reward']:.2f} | {r['stderr']:.2f} | {r['episodes']} |")
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, "evaluation.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    bar_chart(rows, os.path.join(args.out_dir, "evaluation.png"))
+    print(f"wrote {args.out_dir}/evaluation.json and {args.out_dir}/evaluation.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""M: the mixture-density recurrent network of World Models, for online bin packing.
+
+At each step M reads the latent picture z_t (from V) and the action a_t (one-hot) and,
+through an LSTM, predicts
+
+* z_{t+1} as a mixture of ``num_mixtures`` Gaussians per latent dimension (MDN),
+* the reward r_t of the action (regression on r_t / reward_scale, since the
+  environment's rewards span roughly -29..+9),
+* whether the episode ends after the action (a Bernoulli logit),
+* which of the actions will be valid at step t+1 (one Bernoulli logit per action),
+
+so that a controller can be trained entirely inside M's "dream".
+
+Two implementations share one set of weights:
+
+* ``MDNRNN`` (TensorFlow/Keras) trains on padded batches of sequences;
+* ``RNNNumpy`` runs M one step at a time for many sequences at once with numpy only.
+  TensorFlow is imported only when an ``MDNRNN`` is used, so processes that only
+  dream (e.g. evolution-strategy workers) load quickly and stay small.
+
+Saved file format (JSON, written atomically through ``path + ".tmp"``)::
+
+    {
+      "format": "mdnrnn-v1",
+      "z_size": 32, "action_size": 30, "hidden_size": 256, "num_mixtures": 5,
+      "learning_rate": 0.001, "grad_clip": 1.0, "reward_scale": 10.0,
+      "z_weight": 1.0, "reward_weight": 1.0, "done_weight": 1.0, "mask_weight": 1.0,
+      "weights": [
+        {"name": "lstm/kernel", "shape": [62, 1024], "data": "<base64>"},
+        ...
+      ]
+    }
+
+``data`` is the base64 encoding of the weight's values as little-endian float32 in C
+order, so a save/load round trip is exact.  The weights, in order, are given by
+``weight_shapes()``; the LSTM ones use Keras's layout (gates i, f, c, o).  The
+optimizer state is not saved.
+"""
+
+import base64
+import binascii
+import json
+import os
+
+import numpy as np
+
+FORMAT = "mdnrnn-v1"
+_SAVED_DTYPE = np.dtype("<f4")
+_HPARAM_DEFAULTS = {
+    "z_size": 32, "action_size": 30, "hidden_size": 256, "num_mixtures": 5,
+    "learning_rate": 1e-3, "grad_clip": 1.0, "reward_scale": 10.0,
+    "z_weight": 1.0, "reward_weight": 1.0, "done_weight": 1.0, "mask_weight": 1.0,
+}
+_INT_HPARAMS = ("z_size", "action_size", "hidden_size", "num_mixtures")
+# Output heads on top of the LSTM, in the order their weights are stored.
+_HEADS = ("mdn_logit", "mdn_mu", "mdn_logsigma", "reward", "done", "mask")
+_LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+
+
+def _head_sizes(hp):
+    mdn = hp["z_size"] * hp["num_mixtures"]
+    return {"mdn_logit": mdn, "mdn_mu": mdn, "mdn_logsigma": mdn,
+            "reward": 1, "done": 1, "mask": hp["action_size"]}
+
+
+def weight_shapes(hp):
+    """Names and shapes of M's weights, in storage order, for hyper-parameters `hp`."""
+    inputs, hidden = hp["z_size"] + hp["action_size"], hp["hidden_size"]
+    shapes = {"lstm/kernel": (inputs, 4 * hidden),
+              "lstm/recurrent_kernel": (hidden, 4 * hidden),
+              "lstm/bias": (4 * hidden,)}
+    for head, size in _head_sizes(hp).items():
+        shapes[f"{head}/kernel"] = (hidden, size)
+        shapes[f"{head}/bias"] = (size,)
+    return shapes
+
+
+def _require(mapping, key, where):
+    if not isinstance(mapping, dict) or key not in mapping:
+        raise ValueError(f"{where}: missing key {key!r}")
+    return mapping[key]
+
+
+def _write_json(path, hp, weights):
+    document = {"format": FORMAT, **hp, "weights": [
+        {"name": name, "shape": list(values.shape),
+         "data": base64.b64encode(np.ascontiguousarray(values, _SAVED_DTYPE).tobytes()).decode("ascii")}
+        for name, values in weights.items()]}
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(document, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path):
+    """Hyper-parameters and weights {name: float32 array} from a saved M file.
+
+    Raises ValueError naming the problem for a truncated file, a wrong format tag,
+    a missing key or a weight of the wrong shape or size.
+    """
+    try:
+        with open(path) as f:
+            document = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (truncated or corrupt file?): {e}") from None
+    tag = _require(document, "format", path)
+    if tag != FORMAT:
+        raise ValueError(f"{path}: format is {tag!r}, expected {FORMAT!r}")
+    hp = {key: _require(document, key, path) for key in _HPARAM_DEFAULTS}
+    for key in _INT_HPARAMS:
+        if not isinstance(hp[key], int) or hp[key] < 1:
+            raise ValueError(f"{path}: {key} must be a positive integer, got {hp[key]!r}")
+    shapes = weight_shapes(hp)
+    entries = _require(document, "weights", path)
+    if not isinstance(entries, list) or len(entries) != len(shapes):
+        raise ValueError(f"{path}: expected a list of {len(shapes)} weights")
+    weights = {}
+    for (name, shape), entry in zip(shapes.items(), entries):
+        where = f"{path}: weight {name!r}"
+        found = _require(entry, "name", where)
+        if found != name:
+            raise ValueError(f"{where}: found name {found!r} in its place")
+        stored_shape = _require(entry, "shape", where)
+        if list(stored_shape) != list(shape):
+            raise ValueError(f"{where}: shape mismatch, file has {stored_shape}, expected {list(shape)}")
+        try:
+            raw = base64.b64decode(_require(entry, "data", where), validate=True)
+        except (binascii.Error, TypeError) as e:
+            raise ValueError(f"{where}: data is not valid base64: {e}") from None
+        expected_bytes = int(np.prod(shape)) * _SAVED_DTYPE.itemsize
+        if len(raw) != expected_bytes:
+            raise ValueError(f"{where}: data has {len(raw)} bytes, expected {expected_bytes}")
+        weights[name] = np.frombuffer(raw, _SAVED_DTYPE).astype(np.float32).reshape(shape)
+    return hp, weights
+
+
+class MDNRNN:
+    """Trainable M (TensorFlow/Keras).
+
+    Training batches are padded sequences: every array has shape (batch, seq_len, ...)
+    and ``weights_mask`` (batch, seq_len) is 1 on real steps and 0 on padding.  Padding
+    must come after the real steps of a sequence (each sequence starts from a zero
+    LSTM state), so that it cannot change the predictions for real steps.
+    """
+
+    def __init__(self, z_size=32, action_size=30, hidden_size=256, num_mixtures=5,
+                 learning_rate=1e-3, grad_clip=1.0, reward_scale=10.0,
+                 z_weight=1.0, reward_weight=1.0, done_weight=1.0, mask_weight=1.0, seed=0):
+        import keras
+        import tensorflow as tf
+
+        self.hp = {"z_size": int(z_size), "action_size": int(action_size),
+                   "hidden_size": int(hidden_size), "num_mixtures": int(num_mixtures),
+                   "learning_rate": float(learning_rate), "grad_clip": float(grad_clip),
+                   "reward_scale": float(reward_scale), "z_weight": float(z_weight),
+                   "reward_weight": float(reward_weight), "done_weight": float(done_weight),
+                   "mask_weight": float(mask_weight)}
+        self.reward_scale = self.hp["reward_scale"]
+        # One independent seed per initializer: the initial weights depend on `seed` only.
+        seeds = iter(int(s) for s in np.random.SeedSequence(seed).generate_state(2 + len(_HEADS)))
+        inputs = keras.Input((None, self.hp["z_size"] + self.hp["action_size"]))
+        hidden = keras.layers.LSTM(
+            self.hp["hidden_size"], return_sequences=True, name="lstm",
+            kernel_initializer=keras.initializers.GlorotUniform(next(seeds)),
+            recurrent_initializer=keras.initializers.Orthogonal(seed=next(seeds)),
+            unit_forget_bias=True)(inputs)
+        outputs = [keras.layers.Dense(size, name=head,
+                                      kernel_initializer=keras.initializers.GlorotUniform(next(seeds)))(hidden)
+                   for head, size in _head_sizes(self.hp).items()]
+        self.model = keras.Model(inputs, outputs, name="mdnrnn")
+        self._variables = self.model.trainable_variables
+        actual = [tuple(v.shape) for v in self._variables]
+        assert actual == list(weight_shapes(self.hp).values()), actual
+
+        self.optimizer = keras.optimizers.Adam(self.hp["learning_rate"])
+        self.optimizer.build(self._variables)
+        z_spec = tf.TensorSpec((None, None, self.hp["z_size"]), tf.float32)
+        steps_spec = tf.TensorSpec((None, None), tf.float32)
+        actions_spec = tf.TensorSpec((None, None), tf.int32)
+        self._forward_tf = tf.function(self._forward, input_signature=[z_spec, actions_spec])
+        self._train_step_tf = tf.function(self._train_step, input_signature=[
+            z_spec, actions_spec, steps_spec, steps_spec,
+            tf.TensorSpec((None, None, self.hp["action_size"]), tf.float32), z_spec, steps_spec])
+
+    @property
+    def num_params(self):
+        return int(sum(np.prod(v.shape) for v in self._variables))
+
+    def _forward(self, z, actions, training=False):
+        """Raw head outputs; MDN ones reshaped to (batch, seq_len, z_size, num_mixtures)."""
+        import tensorflow as tf
+
+        x = tf.concat([z, tf.one_hot(actions, self.hp["action_size"])], axis=-1)
+        logit, mu, logsigma, reward, done, mask = self.model(x, training=training)
+        mdn_shape = tf.concat([tf.shape(z), [self.hp["num_mixtures"]]], axis=0)
+        logmix = tf.reshape(logit, mdn_shape)
+        logmix -= tf.reduce_logsumexp(logmix, axis=-1, keepdims=True)
+        return (logmix, tf.reshape(mu, mdn_shape), tf.reshape(logsigma, mdn_shape),
+                reward[..., 0], done[..., 0], mask)
+
+    def _train_step(self, z, actions, rewards, dones, next_masks, next_z, weights_mask):
+        import tensorflow as tf
+
+        hp = self.hp
+        with tf.GradientTape() as tape:
+            logmix, mu, logsigma, reward, done_logit, mask_logit = self._forward(z, actions, training=True)
+            n_steps = tf.maximum(tf.reduce_sum(weights_mask), 1.0)
+            # Negative log-likelihood of z_{t+1}, averaged over latent dimensions and steps.
+            y = next_z[..., None]
+            log_normal = -0.5 * tf.square((y - mu) / tf.exp(logsigma)) - logsigma - _LOG_SQRT_2PI
+            z_nll = -tf.reduce_logsumexp(logmix + log_normal, axis=-1)
+            z_nll = tf.reduce_sum(z_nll * weights_mask[..., None]) / (n_steps * hp["z_size"])
+            reward_mse = tf.reduce_sum(
+                tf.square(reward - rewards / hp["reward_scale"]) * weights_mask) / n_steps
+            done_bce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
+                labels=dones, logits=done_logit) * weights_mask) / n_steps
+            mask_bce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
+                labels=next_masks, logits=mask_logit) * weights_mask[..., None]) / (n_steps * hp["action_size"])
+            total = (hp["z_weight"] * z_nll + hp["reward_weight"] * reward_mse
+                     + hp["done_weight"] * done_bce + hp["mask_weight"] * mask_bce)
+        grads = tape.gradient(total, self._variables)
+        # Gradient clipping by value, as in World Models.
+        grads = [tf.clip_by_value(g, -hp["grad_clip"], hp["grad_clip"]) for g in grads]
+        self.optimizer.apply_gradients(zip(grads, self._variables))
+        return {"z_nll": z_nll, "reward_mse": reward_mse, "done_bce": done_bce,
+                "mask_bce": mask_bce, "total": total}
+
+    def train_step(self, z, actions, rewards, dones, next_masks, next_z, weights_mask):
+        """One Adam step on a padded batch; returns the losses before the step as floats.
+
+        z, next_z: (batch, seq_len, z_size); actions: int (batch, seq_len);
+        rewards (env units), dones, weights_mask: (batch, seq_len);
+        next_masks: (batch, seq_len, action_size), 1 where the action is valid at t+1.
+        """
+        losses = self._train_step_tf(
+            np.asarray(z, np.float32), np.asarray(actions, np.int32), np.asarray(rewards, np.float32),
+            np.asarray(dones, np.float32), np.asarray(next_masks, np.float32),
+            np.asarray(next_z, np.float32), np.asarray(weights_mask, np.float32))
+        return {name: float(value) for name, value in losses.items()}
+
+    def predict(self, z, actions):
+        """M's predictions for whole sequences from a zero state, as numpy arrays.
+
+        Same keys as ``RNNNumpy.step``'s output, with a time axis after the batch axis.
+        """
+        logmix, mu, logsigma, reward, done_logit, mask_logit = (
+            t.numpy() for t in self._forward_tf(np.asarray(z, np.float32), np.asarray(actions, np.int32)))
+        return {"logmix": logmix, "mu": mu, "logsigma": logsigma,
+                "reward": reward * self.reward_scale,
+                "done_prob": _sigmoid(done_logit), "mask_prob": _sigmoid(mask_logit)}
+
+    def get_weights(self):
+        """Weights {name: float32 array} in storage order (see ``weight_shapes``)."""
+        return {name: v.numpy() for name, v in zip(weight_shapes(self.hp), self._variables)}
+
+    def set_weights(self, weights):
+        """Set all weights from {name: array} with the names and shapes of ``weight_shapes``."""
+        shapes = weight_shapes(self.hp)
+        if list(weights) != list(shapes):
+            raise ValueError(f"expected weights named {list(shapes)}, got {list(weights)}")
+        for v, (name, values) in zip(self._variables, weights.items()):
+            values = np.asarray(values, np.float32)
+            if values.shape != shapes[name]:
+                raise ValueError(f"weight {name!r}: shape {values.shape}, expected {shapes[name]}")
+            v.assign(values)
+
+    def save_json(self, path):
+        """Write the model to `path` in the format of the module docstring."""
+        _write_json(path, self.hp, self.get_weights())
+
+    @classmethod
+    def from_json(cls, path):
+        """Load a model written by save_json; raises ValueError naming what is wrong."""
+        hp, weights = read_json(path)
+        model = cls(**hp)
+        model.set_weights(weights)
+        return model
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # equals 1/(1+exp(-x)) without overflow warnings
+
+
+class RNNNumpy:
+    """M in numpy, stepping n sequences at once (for dreams and controller rollouts)."""
+
+    def __init__(self, hp, weights):
+        self.z_size, self.action_size = hp["z_size"], hp["action_size"]
+        self.hidden_size, self.num_mixtures = hp["hidden_size"], hp["num_mixtures"]
+        self.reward_scale = float(hp["reward_scale"])
+        w = {name: np.asarray(values, np.float32) for name, values in weights.items()}
+        kernel = w["lstm/kernel"]
+        self._kernel_z = kernel[:self.z_size]
+        # The action enters one-hot, so its contribution is one row of the kernel;
+        # the bias is folded in here.
+        self._kernel_a = kernel[self.z_size:] + w["lstm/bias"]
+        self._recurrent = w["lstm/recurrent_kernel"]
+        # All heads in one matrix product; _head_ends splits its columns again.
+        self._heads_kernel = np.concatenate([w[f"{head}/kernel"] for head in _HEADS], axis=1)
+        self._heads_bias = np.concatenate([w[f"{head}/bias"] for head in _HEADS])
+        self._head_ends = np.cumsum(list(_head_sizes(hp).values()))[:-1]
+
+    @classmethod
+    def from_json(cls, path):
+        return cls(*read_json(path))
+
+    @classmethod
+    def from_model(cls, model):
+        return cls(model.hp, model.get_weights())
+
+    def initial_state(self, n):
+        """Zero LSTM state (h, c) for n sequences, each float32 (n, hidden_size)."""
+        return (np.zeros((n, self.hidden_size), np.float32),
+                np.zeros((n, self.hidden_size), np.float32))
+
+    def step(self, z, a, h, c):
+        """Advance n sequences by one step with Keras's LSTM equations.
+
+        z: (n, z_size); a: int actions (n,); h, c: (n, hidden_size).
+        Returns (h_new, c_new, out) with out = {"logmix", "mu", "logsigma": (n, z_size,
+        num_mixtures); "reward": (n,) in env units; "done_prob": (n,); "mask_prob":
+        (n, action_size) for the actions valid at the next step}.
+        """
+        gates = (np.asarray(z, np.float32) @ self._kernel_z + self._kernel_a[np.asarray(a)]
+                 + h @ self._recurrent)
+        i, f, g, o = np.split(gates, 4, axis=1)
+        c_new = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+        h_new = (_sigmoid(o) * np.tanh(c_new)).astype(np.float32)
+        c_new = c_new.astype(np.float32)
+
+        heads = h_new @ self._heads_kernel + self._heads_bias
+        logit, mu, logsigma, reward, done, mask = np.split(heads, self._head_ends, axis=1)
+        mdn_shape = (len(heads), self.z_size, self.num_mixtures)
+        logit = logit.reshape(mdn_shape)
+        logmix = logit - _logsumexp(logit)
+        return h_new, c_new, {"logmix": logmix, "mu": mu.reshape(mdn_shape),
+                              "logsigma": logsigma.reshape(mdn_shape),
+                              "reward": reward[:, 0] * self.reward_scale,
+                              "done_prob": _sigmoid(done[:, 0]), "mask_prob": _sigmoid(mask)}
+
+    @staticmethod
+    def sample_next_z(out, temperature, rng):
+        """Sample z_{t+1} (n, z_size) from step()'s output, as in World Models.
+
+        The temperature divides the mixture logits (then renormalised) and multiplies
+        the variance of each Gaussian; `rng` is a numpy Generator.
+        """
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        logmix = out["logmix"] / temperature
+        mix = np.exp(logmix - _logsumexp(logmix))
+        # Inverse-CDF sampling of one mixture component per (sequence, dimension).
+        u = rng.random(mix.shape[:2] + (1,))
+        component = np.minimum((np.cumsum(mix, axis=-1) < u).sum(axis=-1), mix.shape[-1] - 1)
+        pick = component[..., None]
+        mu = np.take_along_axis(out["mu"], pick, axis=-1)[..., 0]
+        logsigma = np.take_along_axis(out["logsigma"], pick, axis=-1)[..., 0]
+        noise = rng.standard_normal(mu.shape)
+        return (mu + np.exp(logsigma) * np.sqrt(temperature) * noise).astype(np.float32)
+
+
+def _logsumexp(x):
+    """log(sum(exp(x))) over the last axis, kept as a trailing axis of size 1."""
+    top = x.max(axis=-1, keepdims=True)
+    return top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True))

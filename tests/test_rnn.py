@@ -1,0 +1,187 @@
+"""Tests for M, the MDN-RNN: numpy/TensorFlow agreement, learning, sampling, JSON files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnn.rnn import MDNRNN, RNNNumpy, weight_shapes
+
+BATCH, STEPS = 5, 8
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A default-sized M whose weights are all random, so biases matter too."""
+    m = MDNRNN(seed=0)
+    rng = np.random.default_rng(0)
+    m.set_weights({name: 0.2 * rng.standard_normal(values.shape)
+                   for name, values in m.get_weights().items()})
+    return m
+
+
+@pytest.fixture(scope="module")
+def sequences():
+    rng = np.random.default_rng(1)
+    return (rng.standard_normal((BATCH, STEPS, 32)).astype(np.float32),
+            rng.integers(0, 30, size=(BATCH, STEPS)))
+
+
+@pytest.fixture(scope="module")
+def saved(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("rnn") / "rnn.json"
+    model.save_json(path)
+    return path
+
+
+def test_parameter_count(model):
+    assert model.num_params == 458_240
+    assert [tuple(v.shape) for v in model.get_weights().values()] == list(weight_shapes(model.hp).values())
+
+
+def test_numpy_step_matches_tensorflow(model, sequences):
+    z, actions = sequences
+    expected = model.predict(z, actions)
+    rnn = RNNNumpy.from_model(model)
+    h, c = rnn.initial_state(BATCH)
+    assert h.shape == c.shape == (BATCH, 256) and h.dtype == np.float32
+    for t in range(STEPS):
+        h, c, out = rnn.step(z[:, t], actions[:, t], h, c)
+        assert set(out) == set(expected)
+        for key, values in out.items():
+            np.testing.assert_allclose(values, expected[key][:, t], atol=1e-4, err_msg=key)
+    assert out["logmix"].shape == (BATCH, 32, 5)
+    assert out["reward"].shape == out["done_prob"].shape == (BATCH,)
+    assert out["mask_prob"].shape == (BATCH, 30)
+    np.testing.assert_allclose(np.exp(out["logmix"]).sum(axis=-1), 1.0, rtol=1e-5)
+
+
+def test_same_seed_gives_same_initial_weights():
+    first, second, other = (MDNRNN(seed=s).get_weights() for s in (3, 3, 4))
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+    assert not np.array_equal(first["lstm/kernel"], other["lstm/kernel"])
+    # Keras's unit_forget_bias: the forget-gate bias starts at one, the others at zero.
+    np.testing.assert_array_equal(first["lstm/bias"], np.repeat([0.0, 1.0, 0.0, 0.0], 256))
+
+
+def test_json_round_trip_is_exact(model, saved, sequences, tmp_path):
+    loaded = MDNRNN.from_json(saved)
+    assert loaded.hp == model.hp
+    for name, values in model.get_weights().items():
+        np.testing.assert_array_equal(loaded.get_weights()[name], values)
+    again = tmp_path / "again.json"
+    loaded.save_json(again)
+    assert again.read_bytes() == saved.read_bytes()
+
+    z, actions = sequences
+    from_file, from_model = RNNNumpy.from_json(saved), RNNNumpy.from_model(model)
+    state = from_file.initial_state(BATCH)
+    out_file = from_file.step(z[:, 0], actions[:, 0], *state)[2]
+    out_model = from_model.step(z[:, 0], actions[:, 0], *state)[2]
+    for key in out_file:
+        np.testing.assert_array_equal(out_file[key], out_model[key])
+
+
+def _rewrite(saved, path, change):
+    document = json.loads(saved.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_bad_files_raise_clear_errors(saved, tmp_path):
+    truncated = tmp_path / "truncated.json"
+    truncated.write_bytes(saved.read_bytes()[:50_000])
+    with pytest.raises(ValueError, match="truncated"):
+        RNNNumpy.from_json(truncated)
+
+    wrong_tag = _rewrite(saved, tmp_path / "tag.json", lambda d: d.update(format="convvae-v1"))
+    with pytest.raises(ValueError, match="format is 'convvae-v1', expected 'mdnrnn-v1'"):
+        MDNRNN.from_json(wrong_tag)
+
+    missing = _rewrite(saved, tmp_path / "missing.json", lambda d: d.pop("reward_scale"))
+    with pytest.raises(ValueError, match="missing key 'reward_scale'"):
+        RNNNumpy.from_json(missing)
+
+    def wrong_shape(document):
+        document["weights"][3]["shape"] = [256, 150]
+    with pytest.raises(ValueError, match="'mdn_logit/kernel': shape mismatch"):
+        RNNNumpy.from_json(_rewrite(saved, tmp_path / "shape.json", wrong_shape))
+
+    def short_data(document):
+        document["weights"][2]["data"] = document["weights"][2]["data"][:8]
+    with pytest.raises(ValueError, match="'lstm/bias': data has 6 bytes, expected 4096"):
+        RNNNumpy.from_json(_rewrite(saved, tmp_path / "short.json", short_data))
+
+
+def _toy_batch(rng, batch=4, steps=10):
+    """Sequences where every target is a simple function of the inputs."""
+    z = rng.standard_normal((batch, steps, 32)).astype(np.float32)
+    actions = rng.integers(0, 30, size=(batch, steps))
+    rewards = np.where(actions < 15, 5.0, -20.0)
+    dones = np.zeros((batch, steps))
+    dones[:, -1] = 1.0
+    next_masks = np.zeros((batch, steps, 30))
+    next_masks[..., ::2] = 1.0
+    next_z = 0.5 * z
+    return z, actions, rewards, dones, next_masks, next_z, np.ones((batch, steps))
+
+
+def test_training_reduces_every_loss():
+    model = MDNRNN(learning_rate=1e-2, seed=5)
+    batch = _toy_batch(np.random.default_rng(5))
+    losses = [model.train_step(*batch) for _ in range(40)]
+    assert set(losses[0]) == {"z_nll", "reward_mse", "done_bce", "mask_bce", "total"}
+    for key in losses[0]:
+        assert losses[-1][key] < losses[0][key], key
+    assert losses[-1]["total"] < 0.5 * losses[0]["total"]
+
+
+def test_padding_is_ignored():
+    z, actions, rewards, dones, next_masks, next_z, weights_mask = _toy_batch(np.random.default_rng(6))
+    weights_mask[:, 6:] = 0.0
+    garbage = [x.copy() for x in (z, rewards, next_z)]
+    for x in garbage:
+        x[:, 6:] = 99.0
+    padded = MDNRNN(seed=6).train_step(garbage[0], actions, garbage[1], dones, next_masks, garbage[2],
+                                       weights_mask)
+    clean = MDNRNN(seed=6).train_step(z, actions, rewards, dones, next_masks, next_z, weights_mask)
+    for key in clean:
+        assert padded[key] == pytest.approx(clean[key], rel=1e-6), key
+
+
+def test_sample_next_z(model, sequences):
+    z, actions = sequences
+    rnn = RNNNumpy.from_model(model)
+    out = rnn.step(z[:, 0], actions[:, 0], *rnn.initial_state(BATCH))[2]
+
+    sample = rnn.sample_next_z(out, 1.0, np.random.default_rng(7))
+    assert sample.shape == (BATCH, 32) and sample.dtype == np.float32
+    np.testing.assert_array_equal(sample, rnn.sample_next_z(out, 1.0, np.random.default_rng(7)))
+    assert not np.array_equal(sample, rnn.sample_next_z(out, 1.0, np.random.default_rng(8)))
+
+    # Near zero temperature the sample is the mean of the most likely component.
+    cold = rnn.sample_next_z(out, 1e-6, np.random.default_rng(7))
+    best = np.take_along_axis(out["mu"], out["logmix"].argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(cold, best, atol=1e-2)
+    with pytest.raises(ValueError, match="temperature"):
+        rnn.sample_next_z(out, 0.0, np.random.default_rng(7))
+
+
+def test_sample_next_z_follows_the_mixture():
+    # One dimension, two components with weights 0.2/0.8 at -10 and +10, sigma 1.
+    out = {"logmix": np.log(np.array([[[0.2, 0.8]]] * 4000)),
+           "mu": np.array([[[-10.0, 10.0]]] * 4000),
+           "logsigma": np.zeros((4000, 1, 2))}
+    samples = RNNNumpy.sample_next_z(out, 1.0, np.random.default_rng(9))[:, 0]
+    assert abs(np.mean(samples > 0) - 0.8) < 0.03
+    assert abs(np.std(samples[samples > 0]) - 1.0) < 0.1
+
+
+def test_numpy_inference_does_not_import_tensorflow():
+    code = "import sys, rnn.rnn; assert 'tensorflow' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
