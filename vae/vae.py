@@ -53,7 +53,7 @@ def _as_float_frames(frames):
 
 
 def _require(mapping, key, where):
-    if key not in mapping:
+    if not isinstance(mapping, dict) or key not in mapping:
         raise ValueError(f"{where}: missing key {key!r}")
     return mapping[key]
 
@@ -218,8 +218,6 @@ class ConvVAE:
                 document = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON (truncated or corrupt file?): {e}") from None
-        if not isinstance(document, dict):
-            raise ValueError(f"{path}: expected a JSON object at top level")
         tag = _require(document, "format", path)
         if tag != FORMAT:
             raise ValueError(f"{path}: format is {tag!r}, expected {FORMAT!r}")
