@@ -56,7 +56,8 @@ DEFAULT_PRESET = "perfect_pack"
 INVALID_ACTION_PENALTY = -100.0
 
 # Independent seed streams, so that evaluation never replays an episode training saw.
-SEED_STREAMS = {"train": 0, "eval": 1, "rollout": 2, "play": 3}
+# "validation" picks checkpoints during training; "eval" is kept for final scores only.
+SEED_STREAMS = {"train": 0, "eval": 1, "rollout": 2, "play": 3, "validation": 4}
 
 
 def _is_integer(x) -> bool:
@@ -127,9 +128,15 @@ def make_config(config=None) -> BinPackingConfig:
     raise ValueError(f"config must be a preset name, a dict or a BinPackingConfig, got {type(config).__name__}")
 
 
-def episode_seeds(seed: int, n: int, stream: str = "train") -> np.ndarray:
-    """n distinct per-episode seeds derived from (seed, stream); streams never overlap."""
-    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(SEED_STREAMS[stream],))
+def episode_seeds(seed, n: int, stream: str = "train") -> np.ndarray:
+    """n distinct per-episode seeds derived from (seed, stream); streams never overlap.
+
+    seed may be an int or a tuple of ints, e.g. (seed, generation).
+    """
+    if stream not in SEED_STREAMS:
+        raise ValueError(f"unknown seed stream {stream!r}; choose one of {sorted(SEED_STREAMS)}")
+    entropy = [int(s) for s in seed] if isinstance(seed, (tuple, list)) else int(seed)
+    ss = np.random.SeedSequence(entropy=entropy, spawn_key=(SEED_STREAMS[stream],))
     return ss.generate_state(n, dtype=np.uint64)
 
 

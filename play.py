@@ -117,3 +117,27 @@ def play(env, seed=None, scale=8, max_frames=None, fps=30):
         frames += 1
     pygame.quit()
     return game
+
+
+def watch(frames, captions, scale=8, fps=20, max_frames=None):
+    """Show a sequence of pictures with a few lines of text each (q or closing quits)."""
+    import pygame
+    pygame.init()
+    size = 64 * scale
+    screen = pygame.display.set_mode((size + PANEL_WIDTH, size))
+    font = pygame.font.Font(None, 22)
+    clock = pygame.time.Clock()
+    for i, (frame, lines) in enumerate(zip(frames, captions)):
+        if max_frames is not None and i >= max_frames:
+            break
+        if any(e.type == pygame.QUIT or (e.type == pygame.KEYDOWN and e.key == pygame.K_q)
+               for e in pygame.event.get()):
+            break
+        screen.fill((40, 40, 40))
+        picture = np.asarray(frame).repeat(scale, 0).repeat(scale, 1)
+        screen.blit(pygame.surfarray.make_surface(picture.transpose(1, 0, 2)), (0, 0))
+        for k, line in enumerate(lines):
+            screen.blit(font.render(line, True, (230, 230, 230)), (size + 10, 10 + 19 * k))
+        pygame.display.flip()
+        clock.tick(fps)
+    pygame.quit()

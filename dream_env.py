@@ -1,0 +1,161 @@
+"""The dream: bin packing as M imagines it, where the controller is trained.
+
+Reset samples z from the first frames' encodings (initial_z.json); each step feeds (z, action)
+to M and samples the next z from its mixture at temperature tau, and returns M's predicted
+reward and next valid-action mask (probability > 0.5; opening a new bin is always valid).
+The picture carries no clock, so a dream ends at the preset's horizon (or earlier if M's done
+head says so). `BatchDream` runs many dreams at once for CMA-ES; `BinPackingDream` is the gym
+view of one dream.
+
+    python dream_env.py [--temperature 1.0 --seed 0]   # play the dream with the keyboard
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import gym
+import numpy as np
+from gym import spaces
+
+from model import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, load_rnn, load_vae
+
+
+def load_initial_z(path: str = DEFAULT_INITIAL_Z) -> dict:
+    """{"mu", "logvar": (n, z), "action_mask": (n, A) or absent} of recorded first frames."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        out = {"mu": np.asarray(data["mu"], np.float32), "logvar": np.asarray(data["logvar"], np.float32)}
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"cannot read initial z file {path}: {type(e).__name__}: {e}") from None
+    if out["mu"].ndim != 2 or out["mu"].shape != out["logvar"].shape or len(out["mu"]) == 0:
+        raise ValueError(f"{path}: mu and logvar must be non-empty (n, z_size) arrays of the same shape")
+    if "action_mask" in data:
+        out["action_mask"] = np.asarray(data["action_mask"], np.uint8)
+    return out
+
+
+class BatchDream:
+    """n dreams stepped together in numpy."""
+
+    def __init__(self, rnn, initial_z: dict, temperature: float = 1.0, time_horizon: int = 1000):
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if initial_z["mu"].shape[1] != rnn.z_size:
+            raise ValueError(f"initial z has size {initial_z['mu'].shape[1]}, M expects {rnn.z_size}")
+        self.rnn, self.initial_z = rnn, initial_z
+        self.temperature, self.time_horizon = float(temperature), int(time_horizon)
+
+    def reset(self, n: int, rng: np.random.Generator) -> dict:
+        self.rng = rng
+        pick = rng.integers(len(self.initial_z["mu"]), size=n)
+        mu, logvar = self.initial_z["mu"][pick], self.initial_z["logvar"][pick]
+        self.z = (mu + np.exp(logvar / 2) * rng.standard_normal(mu.shape)).astype(np.float32)
+        self.h, self.c = self.rnn.initial_state(n)
+        if "action_mask" in self.initial_z:
+            self.mask = self.initial_z["action_mask"][pick].copy()
+        else:                                   # an empty packing: only a new bin is possible
+            self.mask = np.zeros((n, self.rnn.action_size), np.uint8)
+        self.mask[:, 0] = 1
+        self.t = 0
+        self.done = np.zeros(n, bool)
+        return self.observation()
+
+    def observation(self) -> dict:
+        return {"z": self.z, "h": self.h, "action_mask": self.mask}
+
+    def step(self, actions):
+        actions = np.asarray(actions)
+        self.h, self.c, out = self.rnn.step(self.z, actions, self.h, self.c)
+        reward = np.where(self.done, 0.0, out["reward"])
+        self.z = self.rnn.sample_next_z(out, self.temperature, self.rng)
+        self.mask = (out["mask_prob"] > 0.5).astype(np.uint8)
+        self.mask[:, 0] = 1
+        self.t += 1
+        self.done = self.done | (out["done_prob"] > 0.5) | (self.t >= self.time_horizon)
+        return self.observation(), reward, self.done.copy(), {"done_prob": out["done_prob"]}
+
+
+def rollout_dream(controller, params, dream: BatchDream, episodes: int, rng: np.random.Generator,
+                  sample_actions: bool = False):
+    """Total dreamed reward (P, episodes) of P parameter vectors, all dreams stepped together."""
+    params = np.atleast_2d(np.asarray(params, np.float32))
+    P = len(params)
+    obs = dream.reset(P * episodes, rng)
+    total = np.zeros(P * episodes)
+    done = np.zeros(P * episodes, bool)
+    while not done.all():
+        x = np.concatenate([obs["z"], obs["h"]], axis=1).reshape(P, episodes, -1)
+        mask = obs["action_mask"].reshape(P, episodes, -1)
+        actions = controller.act(params, x, mask, rng if sample_actions else None).reshape(-1)
+        obs, reward, done, _ = dream.step(actions)
+        total += reward
+    return total.reshape(P, episodes), dream.t * P * episodes
+
+
+class BinPackingDream(gym.Env):
+    """One dream as a gym environment. With a VAE, real_obs is the decoded picture of z."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, rnn_path=DEFAULT_RNN, initial_z_path=DEFAULT_INITIAL_Z, vae_path=None,
+                 temperature=1.0, time_horizon=1000):
+        super().__init__()
+        self.rnn = load_rnn(rnn_path)
+        self.vae = load_vae(vae_path) if vae_path else None
+        self.dream = BatchDream(self.rnn, load_initial_z(initial_z_path), temperature, time_horizon)
+        A, Z, H = self.rnn.action_size, self.rnn.z_size, self.rnn.hidden_size
+        self.action_space = spaces.Discrete(A)
+        obs_spaces = {"action_mask": spaces.Box(0, 1, (A,), np.uint8),
+                      "z": spaces.Box(-np.inf, np.inf, (Z,), np.float32),
+                      "h": spaces.Box(-1, 1, (H,), np.float32)}
+        if self.vae is not None:
+            obs_spaces["real_obs"] = spaces.Box(0, 255, (64, 64, 3), np.uint8)
+        self.observation_space = spaces.Dict(obs_spaces)
+        self._rng = np.random.default_rng()
+
+    def _obs(self, obs):
+        out = {k: v[0].copy() for k, v in obs.items()}
+        if self.vae is not None:
+            out["real_obs"] = self.vae.decode(obs["z"])[0]
+        return out
+
+    def reset(self, *, seed=None, return_info=False, options=None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        obs = self._obs(self.dream.reset(1, self._rng))
+        return (obs, {}) if return_info else obs
+
+    def step(self, action):
+        if not 0 <= int(action) < self.action_space.n:
+            raise ValueError(f"action must be in 0..{self.action_space.n - 1}, got {action}")
+        obs, reward, done, info = self.dream.step([int(action)])
+        return self._obs(obs), float(reward[0]), bool(done[0]), {"done_prob": float(info["done_prob"][0])}
+
+    def render(self, mode="rgb_array"):
+        if self.vae is None:
+            raise ValueError("rendering a dream needs a VAE (vae_path)")
+        return self.vae.decode(self.dream.z)[0]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Play the dream with the keyboard (pictures decoded by V).")
+    parser.add_argument("--rnn", default=DEFAULT_RNN)
+    parser.add_argument("--vae", default=DEFAULT_VAE)
+    parser.add_argument("--initial_z", default=DEFAULT_INITIAL_Z)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", type=int, default=8)
+    args = parser.parse_args(argv)
+    try:
+        env = BinPackingDream(args.rnn, args.initial_z, args.vae, args.temperature)
+    except ValueError as e:
+        parser.exit(2, f"error: {e}\n")
+    from play import play
+    play(env, seed=args.seed, scale=args.scale)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Stage 6: train the controller C with CMA-ES, in the dream (default) or in the real environment.
+
+Each generation, CMA-ES proposes `--popsize` parameter vectors; each is scored by the mean total
+reward of `--num_episode` episodes, all members and episodes rolled out together in numpy. With
+K workers (MPI), each worker scores a share of the population. Every `--eval_steps` generations
+the distribution mean is scored on the real environment (validation seeds, never the final
+evaluation's) and the best so far is kept in log/binpacking.cma.16.64.best.json.
+
+    python train.py                         # one process, no MPI needed
+    python train.py --num_worker 4          # re-launches itself under mpiexec
+    mpiexec -n 4 python train.py            # the same, launched by hand
+
+Logs (World Models' names, in --log_dir), all rewritten atomically every generation:
+  binpacking.cma.<E>.<P>.json       [mean parameters, generation]
+  binpacking.cma.<E>.<P>.hist.json  per generation [gen, wall_s, mean, min, max, std, sigma, real_steps]
+  binpacking.cma.<E>.<P>.hist_best.json  per real evaluation [gen, wall_s, real_mean, stderr, best, real_steps]
+  binpacking.cma.<E>.<P>.best.json  [parameters, real mean reward] of the best real evaluation
+  binpacking.cma.<E>.<P>.es.pkl     the CMA-ES state; a re-run with the same flags resumes from it
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from bin_packing_environment import PRESETS, episode_seeds, make_config
+from model import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", choices=["dream", "real"], default="dream", help="where candidates are scored")
+    p.add_argument("--num_worker", type=int, default=1, help="MPI workers (1: no MPI; original: 64)")
+    p.add_argument("--popsize", type=int, default=64, help="CMA-ES population (original: 64)")
+    p.add_argument("--num_episode", type=int, default=16, help="episodes per candidate (original: 16)")
+    p.add_argument("--sigma_init", type=float, default=0.1, help="CMA-ES initial step size (original: 0.1)")
+    p.add_argument("--generations", type=int, default=200, help="total generations (resumed runs count on)")
+    p.add_argument("--eval_steps", type=int, default=25, help="score the mean on the real env every N generations")
+    p.add_argument("--eval_episodes", type=int, default=100, help="real episodes per evaluation (original: 1024)")
+    p.add_argument("--temperature", type=float, default=1.0, help="dream temperature tau")
+    p.add_argument("--time_horizon", type=int, default=None,
+                   help="episode length while training (default: the preset's); evaluations use the preset's")
+    p.add_argument("--full_covariance", action="store_true",
+                   help="full CMA-ES (default: diagonal; a full 8,670^2 covariance is 600 MB and O(n^3) to update)")
+    p.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log_dir", default="log")
+    p.add_argument("--vae", default=DEFAULT_VAE)
+    p.add_argument("--rnn", default=DEFAULT_RNN)
+    p.add_argument("--initial_z", default=DEFAULT_INITIAL_Z)
+    args = p.parse_args(argv)
+    for name in ("num_worker", "popsize", "num_episode", "generations", "eval_steps", "eval_episodes"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.popsize < 2:
+        p.error("--popsize must be >= 2 for CMA-ES")
+    if args.sigma_init <= 0 or args.temperature <= 0:
+        p.error("--sigma_init and --temperature must be positive")
+    if args.time_horizon is not None and args.time_horizon < 1:
+        p.error("--time_horizon must be >= 1")
+    return p, args
+
+
+# ---------------------------------------------------------------- files
+
+def write_json_atomic(path, obj):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def write_pickle_atomic(path, obj):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def log_paths(args):
+    base = os.path.join(args.log_dir, f"binpacking.cma.{args.num_episode}.{args.popsize}")
+    return {k: base + ext for k, ext in (("params", ".json"), ("hist", ".hist.json"),
+                                          ("hist_best", ".hist_best.json"), ("best", ".best.json"),
+                                          ("es", ".es.pkl"))}
+
+
+# ---------------------------------------------------------------- MPI
+
+def under_mpi() -> bool:
+    return any(k in os.environ for k in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK"))
+
+
+def relaunch_with_mpiexec(num_worker, argv):
+    """Run this script again under mpiexec with num_worker processes (as the original did)."""
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    if mpiexec is None:
+        sys.exit("error: --num_worker > 1 needs mpiexec (pip install mpich mpi4py), or use --num_worker 1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [mpiexec, "-n", str(num_worker), sys.executable, os.path.abspath(__file__)] + list(argv)
+    os.execve(mpiexec, cmd, env)
+
+
+class Workers:
+    """Scatter a population over the MPI ranks (or score it all here without MPI)."""
+
+    def __init__(self):
+        self.comm = None
+        if under_mpi():
+            from mpi4py import MPI
+            self.comm = MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank() if self.comm else 0
+        self.size = self.comm.Get_size() if self.comm else 1
+
+    def bcast(self, obj):
+        return self.comm.bcast(obj, root=0) if self.comm else obj
+
+    def gather(self, obj):
+        return self.comm.gather(obj, root=0) if self.comm else [obj]
+
+    def abort(self, message):
+        print(f"error (worker {self.rank}): {message}", file=sys.stderr, flush=True)
+        if self.comm and self.size > 1:
+            self.comm.Abort(1)       # ends every rank: a dead worker never leaves the others waiting
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- scoring
+
+class Scorer:
+    """Scores parameter vectors in the dream or the real environment; one per worker."""
+
+    def __init__(self, args, need_vae):
+        from dream_env import BatchDream, load_initial_z
+        self.args = args
+        self.config = make_config(args.preset)
+        self.rnn = load_rnn(args.rnn)
+        self.controller = Controller(self.rnn.z_size, self.rnn.hidden_size, self.rnn.action_size)
+        self.vae = load_vae(args.vae) if need_vae else None
+        horizon = args.time_horizon or self.config.time_horizon
+        self.train_config = dict(PRESETS[args.preset], time_horizon=horizon)
+        if args.env == "dream":
+            self.dream = BatchDream(self.rnn, load_initial_z(args.initial_z), args.temperature, horizon)
+
+    def score(self, solutions, generation, rank):
+        """Mean reward per solution and the real-environment steps it consumed."""
+        if len(solutions) == 0:
+            return np.zeros(0), 0
+        rng = np.random.default_rng([self.args.seed, generation, rank])
+        if self.args.env == "dream":
+            from dream_env import rollout_dream
+            totals, _ = rollout_dream(self.controller, solutions, self.dream, self.args.num_episode, rng)
+            return totals.mean(1), 0
+        seeds = episode_seeds((self.args.seed, generation, rank), self.args.num_episode, "train")
+        totals, steps = rollout_real(self.controller, solutions, self.vae, self.rnn, self.train_config, seeds)
+        return totals.mean(1), steps
+
+    def validate(self, params, generation):
+        seeds = episode_seeds((self.args.seed, generation), self.args.eval_episodes, "validation")
+        totals, steps = rollout_real(self.controller, params, self.vae, self.rnn, self.config, seeds, progress=True)
+        totals = totals[0]
+        return float(totals.mean()), float(totals.std(ddof=1) / np.sqrt(len(totals))) if len(totals) > 1 else 0.0, steps
+
+
+# ---------------------------------------------------------------- the loop
+
+def new_state(args, num_params):
+    import cma
+    opts = {"popsize": args.popsize, "seed": args.seed + 1, "verbose": -9,
+            "CMA_diagonal": not args.full_covariance}
+    es = cma.CMAEvolutionStrategy(np.zeros(num_params), args.sigma_init, opts)
+    return {"es": es, "generation": 0, "hist": [], "hist_best": [], "best": None, "best_reward": -np.inf,
+            "wall_s": 0.0, "real_steps": 0, "flags": vars(args)}
+
+
+def train(args, workers: Workers):
+    paths = log_paths(args)
+    state = None
+    if workers.rank == 0:
+        os.makedirs(args.log_dir, exist_ok=True)
+        if os.path.exists(paths["es"]):
+            with open(paths["es"], "rb") as f:
+                state = pickle.load(f)
+            print(f"resuming from {paths['es']} at generation {state['generation']}", flush=True)
+    scorer = Scorer(args, need_vae=(workers.rank == 0 or args.env == "real"))
+    if workers.rank == 0 and state is None:
+        state = new_state(args, scorer.controller.num_params)
+    generation = workers.bcast(state["generation"] if state else None)
+    bar = None
+    if workers.rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=args.generations, initial=generation, desc=f"CMA-ES in the {args.env}", unit="gen")
+    while generation < args.generations:
+        start = time.time()
+        solutions = workers.bcast(np.asarray(state["es"].ask()) if workers.rank == 0 else None)
+        mine = np.arange(len(solutions))[workers.rank::workers.size]
+        rewards, steps = scorer.score(solutions[mine], generation, workers.rank)
+        gathered = workers.gather((mine, rewards, steps))
+        generation += 1
+        if workers.rank != 0:
+            continue
+        fitness = np.zeros(len(solutions))
+        for idx, r, s in gathered:
+            fitness[idx] = r
+            state["real_steps"] += s
+        es = state["es"]
+        es.tell(list(solutions), list(-fitness))           # cma minimises
+        state["generation"] = generation
+        state["wall_s"] += time.time() - start
+        state["hist"].append([generation, round(state["wall_s"], 1), float(fitness.mean()), float(fitness.min()),
+                              float(fitness.max()), float(fitness.std()), float(es.sigma), state["real_steps"]])
+        mean_params = np.asarray(es.result.xfavorite)
+        if generation % args.eval_steps == 0 or generation == args.generations:
+            t0 = time.time()
+            real_mean, real_se, steps = scorer.validate(mean_params, generation)
+            state["wall_s"] += time.time() - t0
+            state["real_steps"] += steps
+            if real_mean > state["best_reward"]:
+                state["best_reward"], state["best"] = real_mean, mean_params.round(4).tolist()
+                write_json_atomic(paths["best"], [state["best"], real_mean])
+            state["hist_best"].append([generation, round(state["wall_s"], 1), real_mean, real_se,
+                                       state["best_reward"], state["real_steps"]])
+            bar.write(f"generation {generation}: real reward of the mean {real_mean:.2f} +- {real_se:.2f} "
+                      f"(best {state['best_reward']:.2f})")
+        write_json_atomic(paths["params"], [mean_params.round(4).tolist(), generation])
+        write_json_atomic(paths["hist"], state["hist"])
+        write_json_atomic(paths["hist_best"], state["hist_best"])
+        write_pickle_atomic(paths["es"], state)
+        bar.set_postfix(mean=f"{fitness.mean():.1f}", best=f"{fitness.max():.1f}", sigma=f"{es.sigma:.3f}")
+        bar.update(1)
+    if workers.rank == 0:
+        bar.close()
+        summary = {"env": args.env, "generations": state["generation"], "wall_s": round(state["wall_s"], 1),
+                   "real_steps": state["real_steps"], "best_real_reward": state["best_reward"],
+                   "best_file": paths["best"]}
+        print(json.dumps(summary))
+        return summary
+    return None
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser, args = parse_args(argv)
+    for path in (args.rnn, args.initial_z, args.vae):
+        if not os.path.exists(path):
+            parser.error(f"{path} not found: train V and M first (vae_train.py, series.py, rnn_train.py, "
+                         f"copy_models.py)")
+    if args.num_worker > 1 and not under_mpi():
+        relaunch_with_mpiexec(args.num_worker, argv)
+    workers = Workers()
+    try:
+        return train(args, workers)
+    except KeyboardInterrupt:
+        if workers.rank == 0:
+            print("interrupted: the logs hold the last finished generation; re-run to resume", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # any failure on any rank ends the whole run, never a hang
+        workers.abort(f"{type(e).__name__}: {e}")
+
+
+if __name__ == "__main__":
+    main()
