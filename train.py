@@ -47,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=1.0, help="dream temperature tau")
     p.add_argument("--time_horizon", type=int, default=None,
                    help="episode length while training (default: the preset's); evaluations use the preset's")
+    p.add_argument("--eval_horizon", type=int, default=None,
+                   help="episode length of the real evaluations (default: the preset's)")
     p.add_argument("--full_covariance", action="store_true",
                    help="full CMA-ES (default: diagonal; a full 8,670^2 covariance is 600 MB and O(n^3) to update)")
     p.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
@@ -63,8 +65,9 @@ def parse_args(argv=None):
         p.error("--popsize must be >= 2 for CMA-ES")
     if args.sigma_init <= 0 or args.temperature <= 0:
         p.error("--sigma_init and --temperature must be positive")
-    if args.time_horizon is not None and args.time_horizon < 1:
-        p.error("--time_horizon must be >= 1")
+    for name in ("time_horizon", "eval_horizon"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
     return p, args
 
 
@@ -139,7 +142,8 @@ class Scorer:
     def __init__(self, args, need_vae):
         from dream_env import BatchDream, load_initial_z
         self.args = args
-        self.config = make_config(args.preset)
+        self.config = make_config(dict(PRESETS[args.preset], time_horizon=args.eval_horizon
+                                       or PRESETS[args.preset]["time_horizon"]))
         self.rnn = load_rnn(args.rnn)
         self.controller = Controller(self.rnn.z_size, self.rnn.hidden_size, self.rnn.action_size)
         self.vae = load_vae(args.vae) if need_vae else None
@@ -150,6 +154,8 @@ class Scorer:
 
     def score(self, solutions, generation, rank):
         """Mean reward per solution and the real-environment steps it consumed."""
+        if os.environ.get("TRAIN_FAULT_RANK") == str(rank):      # fault injection for the tests
+            os._exit(3)
         if len(solutions) == 0:
             return np.zeros(0), 0
         rng = np.random.default_rng([self.args.seed, generation, rank])

@@ -1,0 +1,151 @@
+"""C, the dream and CMA-ES training, on small random V and M (no training needed)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import baselines
+from bin_packing_environment import PRESETS, BatchBinPacking, episode_seeds
+from model import Controller
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHORT = dict(PRESETS["perfect_pack"], time_horizon=25)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A random VAE and a small random M on disk, plus initial z with masks."""
+    from rnn.rnn import MDNRNN
+    from vae.vae import ConvVAE
+    d = tmp_path_factory.mktemp("models")
+    ConvVAE(seed=0).save_json(str(d / "vae.json"))
+    MDNRNN(hidden_size=16, seed=0).save_json(str(d / "rnn.json"))
+    rng = np.random.default_rng(0)
+    mask = np.zeros((5, 30), int)
+    mask[:, 0] = 1
+    json.dump({"mu": rng.normal(size=(5, 32)).tolist(), "logvar": (rng.normal(size=(5, 32)) - 2).tolist(),
+               "action_mask": mask.tolist()}, open(d / "initial_z.json", "w"))
+    return {k: str(d / f"{k}.json") for k in ("vae", "rnn", "initial_z")}
+
+
+def test_controller_never_picks_a_masked_action():
+    c = Controller(4, 6, 30)
+    rng = np.random.default_rng(0)
+    params = rng.normal(size=(3, c.num_params))
+    x = rng.normal(size=(3, 5, 10))
+    mask = rng.random((3, 5, 30)) < 0.3
+    mask[..., 0] = True
+    for sample in (None, rng):
+        a = c.act(params, x, mask, sample)
+        assert a.shape == (3, 5)
+        assert np.take_along_axis(mask, a[..., None], -1).all()
+
+
+def test_controller_with_rising_bias_is_best_fit(models):
+    """W = 0 and b increasing in the level: exactly Best Fit, through V and M on the real env."""
+    from model import load_rnn, load_vae, rollout_real
+    rnn, vae = load_rnn(models["rnn"]), load_vae(models["vae"])
+    c = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    params = np.zeros(c.num_params)
+    params[-30:] = np.arange(30)
+    seeds = episode_seeds(0, 4, "eval")
+    totals, steps = rollout_real(c, params, vae, rnn, SHORT, seeds)
+    expected = baselines.evaluate_policy(baselines.best_fit, SHORT, 4, seed=0)
+    assert steps == 4 * 25 and np.allclose(totals[0], expected)
+
+
+def test_load_params_checks_size(tmp_path):
+    from model import load_params
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([[0.0] * 5, 1.0]))
+    with pytest.raises(ValueError, match="parameters"):
+        load_params(str(path), Controller())
+
+
+def test_dream_is_reproducible_and_respects_the_horizon(models):
+    from dream_env import BatchDream, load_initial_z, rollout_dream
+    from model import load_rnn
+    rnn = load_rnn(models["rnn"])
+    dream = BatchDream(rnn, load_initial_z(models["initial_z"]), temperature=1.0, time_horizon=12)
+    c = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    params = np.random.default_rng(1).normal(size=(2, c.num_params)) * 0.1
+    a, _ = rollout_dream(c, params, dream, 3, np.random.default_rng(5))
+    assert dream.t <= 12 and np.isfinite(a).all() and a.shape == (2, 3)
+    b, _ = rollout_dream(c, params, dream, 3, np.random.default_rng(5))
+    assert (a == b).all()
+
+
+def test_dream_gym_env(models):
+    from dream_env import BinPackingDream
+    env = BinPackingDream(models["rnn"], models["initial_z"], models["vae"], time_horizon=5)
+    obs = env.reset(seed=0)
+    assert obs["real_obs"].shape == (64, 64, 3) and obs["action_mask"][0] == 1
+    for _ in range(5):
+        obs, r, done, info = env.step(0)
+        assert obs["action_mask"][0] == 1 and np.isfinite(r)
+    assert done
+    with pytest.raises(ValueError):
+        env.step(30)
+
+
+def train_cmd(models, log_dir, *extra):
+    return [sys.executable, "train.py", "--rnn", models["rnn"], "--vae", models["vae"],
+            "--initial_z", models["initial_z"], "--log_dir", str(log_dir), "--popsize", "4",
+            "--num_episode", "2", "--time_horizon", "6", "--eval_horizon", "6", "--eval_episodes", "3",
+            "--eval_steps", "2", *extra]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, **kw)
+
+
+def test_train_writes_logs_and_resumes(models, tmp_path):
+    proc = run(train_cmd(models, tmp_path, "--generations", "2"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    base = tmp_path / "binpacking.cma.2.4"
+    hist = json.load(open(f"{base}.hist.json"))
+    assert [h[0] for h in hist] == [1, 2]
+    best = json.load(open(f"{base}.best.json"))
+    assert len(best[0]) == Controller(32, 16, 30).num_params and best[1] <= 0
+    assert len(json.load(open(f"{base}.hist_best.json"))) == 1
+    proc = run(train_cmd(models, tmp_path, "--generations", "3"))
+    assert proc.returncode == 0 and "resuming" in proc.stdout + proc.stderr
+    assert [h[0] for h in json.load(open(f"{base}.hist.json"))] == [1, 2, 3]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["generations"] == 3 and summary["real_steps"] > 0
+
+
+def test_train_is_reproducible(models, tmp_path):
+    for d in ("a", "b"):
+        assert run(train_cmd(models, tmp_path / d, "--generations", "2")).returncode == 0
+    ha = json.load(open(tmp_path / "a" / "binpacking.cma.2.4.hist.json"))
+    hb = json.load(open(tmp_path / "b" / "binpacking.cma.2.4.hist.json"))
+    assert [h[2:5] for h in ha] == [h[2:5] for h in hb]
+
+
+def test_train_in_the_real_env(models, tmp_path):
+    proc = run(train_cmd(models, tmp_path, "--generations", "1", "--env", "real"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["real_steps"] >= 4 * 2 * 6
+
+
+def test_train_with_mpi_workers(models, tmp_path):
+    proc = run(train_cmd(models, tmp_path, "--generations", "2", "--num_worker", "2"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(json.load(open(tmp_path / "binpacking.cma.2.4.hist.json"))) == 2
+
+
+def test_dead_worker_ends_the_run(models, tmp_path):
+    env = dict(os.environ, TRAIN_FAULT_RANK="1")
+    proc = run(train_cmd(models, tmp_path, "--generations", "2", "--num_worker", "2"), env=env)
+    assert proc.returncode != 0
+
+
+def test_train_rejects_bad_flags(models, tmp_path):
+    proc = run(train_cmd(models, tmp_path, "--popsize", "1"))
+    assert proc.returncode == 2 and "--popsize" in proc.stderr
+    proc = run([sys.executable, "train.py", "--rnn", str(tmp_path / "missing.json")])
+    assert proc.returncode == 2 and "missing.json" in proc.stderr
