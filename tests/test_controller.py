@@ -149,3 +149,15 @@ def test_train_rejects_bad_flags(models, tmp_path):
     assert proc.returncode == 2 and "--popsize" in proc.stderr
     proc = run([sys.executable, "train.py", "--rnn", str(tmp_path / "missing.json")])
     assert proc.returncode == 2 and "missing.json" in proc.stderr
+
+
+def test_notebook_runs_headless_on_a_tiny_log(models, tmp_path):
+    assert run(train_cmd(models, tmp_path, "--generations", "2")).returncode == 0
+    env = dict(os.environ, LOG_BASE=str(tmp_path / "binpacking.cma.2.4"), MPLBACKEND="Agg")
+    proc = run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                "plot_training_progress.ipynb", "--output", str(tmp_path / "out.ipynb")], env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.load(open(tmp_path / "out.ipynb"))
+    images = [o for c in out["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) == 2
