@@ -34,14 +34,40 @@ def bar_chart(rows, path):
     os.replace(tmp, path)
 
 
+def evaluate_agent(args):
+    """The world-model agent (V + M + C) on the real environment, same seed stream as the baselines."""
+    from model import Controller, load_params, load_rnn, load_vae, rollout_real
+    from bin_packing_environment import episode_seeds
+    start = time.time()
+    rnn, vae = load_rnn(args.rnn), load_vae(args.vae)
+    controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    params = load_params(args.agent, controller)
+    seeds = episode_seeds(args.seed, args.agent_episodes, "eval")
+    totals = np.concatenate([rollout_real(controller, params, vae, rnn, args.preset, seeds[i:i + 100],
+                                          progress=True)[0][0] for i in range(0, len(seeds), 100)])
+    return baselines.summarise("world_model", args.preset, totals, wall_time_s=round(time.time() - start, 1))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
     parser.add_argument("--out_dir", default="results")
+    parser.add_argument("--agent", default="log/binpacking.cma.16.64.best.json", help="controller parameters")
+    parser.add_argument("--agent_episodes", type=int, default=200,
+                        help="episodes for the world-model agent (its VAE costs ~1 ms a frame on 2 cores)")
+    parser.add_argument("--vae", default="vae/vae.json")
+    parser.add_argument("--rnn", default="rnn/rnn.json")
     args = parser.parse_args()
+    if args.episodes < 1 or args.agent_episodes < 0:
+        parser.error("--episodes must be >= 1 and --agent_episodes >= 0")
     rows = []
+    if args.agent_episodes:
+        if all(os.path.exists(p) for p in (args.agent, args.vae, args.rnn)):
+            rows.append(evaluate_agent(args))
+        else:
+            print(f"no shipped agent found ({args.agent}, {args.vae}, {args.rnn}): baselines only")
     for name, policy in baselines.POLICIES.items():
         start = time.time()
         totals = baselines.evaluate_policy(policy, args.preset, args.episodes, args.seed)
