@@ -1,0 +1,254 @@
+"""How faithful is the dream? Replay held-out real episodes open loop inside M and compare.
+
+    python dream_fidelity.py [--record_dir record --vae vae/vae.json --rnn rnn/rnn.json
+                              --episodes 20 --temperature 1.0 --seed 0 --out dream_fidelity.json]
+
+The controller is trained only in the dream, so what matters is whether M, fed the actions a
+real episode took, imagines the packing that really happened. For each episode the dream starts
+from V's encoding of the real first frame (z sampled from mu/logvar, as dream_env does), feeds
+the real actions one by one and samples every next z from M's mixture at --temperature, never
+looking at the real pictures again. For horizons k (--horizons, default 1, 10, 100, 1000; those
+beyond the longest episode are left out) it reports how often, over dreamed steps 1..k and at
+step k itself:
+
+  (a) the mask of the dreamed picture (V decodes z, decode_pictures reads it) equals the real
+      valid-action mask exactly,
+  (b) M's mask head (mask_prob > 0.5, opening a new bin forced valid, as in dream_env) does,
+  (c) M's reward (rounded) equals the real reward of the same action (steps 0..k-1),
+
+and, across episodes, the correlation of the dreamed and the real total reward. Episodes are
+held-out ones: those listed in provenance.json next to --rnn (written by rnn_train.py, copied by
+copy_models.py), or, without one, the --holdout split that vae_train/rnn_train make with
+--split_seed. All episodes are stepped together (RNNNumpy works on a batch). Prints a markdown
+table and writes --out (JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from bin_packing_environment import action_masks, decode_pictures
+from stages_common import (EpisodeReader, atomic_write_json, episode_name, fail, holdout_mask, parse_fraction,
+                           positive_float, positive_int, require_file, sha256_file)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Replay held-out episodes open loop in M; see the module docstring.")
+    p.add_argument("--record_dir", default="record")
+    p.add_argument("--vae", default="vae/vae.json")
+    p.add_argument("--rnn", default="rnn/rnn.json")
+    p.add_argument("--provenance", default=None,
+                   help="rnn_train.py's provenance.json (default: next to --rnn); gives the held-out episodes")
+    p.add_argument("--no_provenance", action="store_true", help="ignore provenance.json; use --holdout/--split_seed")
+    p.add_argument("--holdout", type=parse_fraction, default=0.05, help="split used without provenance.json")
+    p.add_argument("--split_seed", type=int, default=0, help="--seed of vae_train/rnn_train, without provenance.json")
+    p.add_argument("--episodes", type=positive_int, default=20, help="held-out episodes replayed at most")
+    p.add_argument("--temperature", type=positive_float, default=1.0,
+                   help="M's sampling temperature (World Models' tau)")
+    p.add_argument("--horizons", default="1,10,100,1000", help="comma-separated step counts")
+    p.add_argument("--out", default="dream_fidelity.json")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def parse_horizons(text: str) -> list[int]:
+    try:
+        values = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ValueError(f"--horizons must be comma-separated integers, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise ValueError(f"--horizons must be positive integers, got {text!r}")
+    return values
+
+
+def dream(vae, rnn, episodes: list, temperature: float, rng: np.random.Generator) -> dict:
+    """Open-loop replay of all `episodes` at once: dreamed z, mask head and reward per step."""
+    E = len(episodes)
+    lengths = np.array([len(ep["action"]) for ep in episodes])
+    T = int(lengths.max())
+    actions = np.zeros((E, T), np.int64)
+    for i, ep in enumerate(episodes):
+        actions[i, :lengths[i]] = ep["action"]
+    mu, logvar = vae.encode_mu_logvar(np.stack([ep["obs"][0] for ep in episodes]))
+    z = (mu + np.exp(logvar / 2) * rng.standard_normal(mu.shape)).astype(np.float32)
+    h, c = rnn.initial_state(E)
+    dream_z = np.zeros((E, T, rnn.z_size), np.float32)       # [:, t]: dreamed frame t + 1
+    head_mask = np.zeros((E, T, rnn.action_size), np.uint8)  # [:, t]: M's mask for frame t + 1
+    reward = np.zeros((E, T))                                # [:, t]: M's reward for action t
+    for t in tqdm(range(T), desc="dreaming", unit="step", leave=False):
+        h, c, out = rnn.step(z, actions[:, t], h, c)
+        reward[:, t] = out["reward"]
+        mask = (out["mask_prob"] > 0.5).astype(np.uint8)
+        mask[:, 0] = 1
+        head_mask[:, t] = mask
+        z = rnn.sample_next_z(out, temperature, rng)
+        dream_z[:, t] = z
+    return {"lengths": lengths, "dream_z": dream_z, "head_mask": head_mask, "reward": reward}
+
+
+def decoded_masks(vae, dream_z, lengths, upto: int, bin_size: int, chunk: int = 2000) -> np.ndarray:
+    """Masks (E, upto, A) read from V's pictures of the dreamed z (only real frames decoded)."""
+    E = len(lengths)
+    steps = np.arange(upto)
+    need = steps[None, :] + 1 < lengths[:, None]             # frame t+1 exists in the real episode
+    flat = dream_z[:, :upto][need]
+    masks = np.zeros((E, upto, bin_size), np.uint8)
+    out = []
+    for i in tqdm(range(0, len(flat), chunk), desc="decoding dreams", unit="chunk", leave=False):
+        states = decode_pictures(vae.decode(flat[i:i + chunk]), bin_size=bin_size)
+        out.append(action_masks(states))
+    if out:
+        masks[need] = np.concatenate(out)
+    return masks
+
+
+def score(episodes, d, decoded, horizons) -> list[dict]:
+    E, lengths = len(episodes), d["lengths"]
+    upto = decoded.shape[1]
+    real_mask = np.zeros_like(decoded)                      # [:, t]: real mask of frame t + 1
+    real_reward = np.zeros((E, upto))
+    for i, ep in enumerate(episodes):
+        n = lengths[i]
+        real_mask[i, :min(n - 1, upto)] = ep["action_mask"][1:upto + 1]
+        real_reward[i, :min(n, upto)] = ep["reward"][:upto]
+    steps = np.arange(upto)
+    has_frame = steps[None, :] + 1 < lengths[:, None]
+    has_action = steps[None, :] < lengths[:, None]
+    dec_ok = (decoded == real_mask).all(-1)
+    head_ok = (d["head_mask"][:, :upto] == real_mask).all(-1)
+    rew_ok = np.round(d["reward"][:, :upto]) == real_reward
+    rows = []
+    for k in horizons:
+        frames = has_frame[:, :k]
+        acts = has_action[:, :k]
+        at_frame = has_frame[:, k - 1] if k - 1 < upto else np.zeros(E, bool)
+        at_action = has_action[:, k - 1] if k - 1 < upto else np.zeros(E, bool)
+
+        def share(ok, where):
+            return float(ok[where].mean()) if where.any() else None
+        rows.append({"horizon": k, "episodes_with_frame_k": int(at_frame.sum()), "frames": int(frames.sum()),
+                     "decoded_mask_exact": share(dec_ok[:, :k], frames),
+                     "decoded_mask_exact_at_k": share(dec_ok[:, k - 1], at_frame) if k - 1 < upto else None,
+                     "head_mask_exact": share(head_ok[:, :k], frames),
+                     "head_mask_exact_at_k": share(head_ok[:, k - 1], at_frame) if k - 1 < upto else None,
+                     "reward_exact": share(rew_ok[:, :k], acts),
+                     "reward_exact_at_k": share(rew_ok[:, k - 1], at_action) if k - 1 < upto else None})
+    return rows
+
+
+def markdown(rows, totals) -> str:
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+    lines = ["| horizon k | frames (steps 1..k) | episodes at k | decoded dream mask exact: 1..k (at k) "
+             "| M mask head exact: 1..k (at k) | M reward exact: 1..k (at k) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['horizon']} | {r['frames']} | {r['episodes_with_frame_k']} "
+                     f"| {pct(r['decoded_mask_exact'])} ({pct(r['decoded_mask_exact_at_k'])}) "
+                     f"| {pct(r['head_mask_exact'])} ({pct(r['head_mask_exact_at_k'])}) "
+                     f"| {pct(r['reward_exact'])} ({pct(r['reward_exact_at_k'])}) |")
+    corr = "n/a" if totals["correlation"] is None else f"{totals['correlation']:.3f}"
+    lines.append("")
+    lines.append(f"total reward over {totals['episodes']} episodes: real {totals['real_mean']:.2f}, "
+                 f"dreamed {totals['dream_mean']:.2f} (mean abs. difference {totals['mae']:.2f}), "
+                 f"correlation {corr}")
+    return "\n".join(lines)
+
+
+def heldout_names(args, parser) -> tuple[list | None, str]:
+    """Held-out episode names from provenance.json, or None to use the fallback split."""
+    prov_path = args.provenance or os.path.join(os.path.dirname(args.rnn), "provenance.json")
+    if args.no_provenance or not os.path.exists(prov_path):
+        if args.provenance and not args.no_provenance:
+            fail(parser, f"provenance file {prov_path} not found")
+        return None, f"--holdout {args.holdout} split with --split_seed {args.split_seed}"
+    try:
+        with open(prov_path) as f:
+            prov = json.load(f)
+        names, vae_sha, rnn_sha = prov["heldout_episodes"], prov["vae_sha256"], prov["rnn_sha256"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        fail(parser, f"cannot read provenance file {prov_path}: {type(e).__name__}: {e}")
+    if rnn_sha != sha256_file(args.rnn):
+        fail(parser, f"{prov_path} describes another rnn.json than {args.rnn} (pass --no_provenance to ignore it)")
+    if vae_sha != sha256_file(args.vae):
+        fail(parser, f"{args.rnn} was trained on encodings of another VAE than {args.vae} (per {prov_path})")
+    return list(names), f"held-out episodes of {prov_path}"
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        horizons = parse_horizons(args.horizons)
+    except ValueError as e:
+        parser.error(str(e))
+    if not os.path.isdir(args.record_dir):
+        fail(parser, f"record directory {args.record_dir} not found")
+    require_file(parser, args.vae, "VAE file")
+    require_file(parser, args.rnn, "MDN-RNN file")
+    names, source = heldout_names(args, parser)
+
+    reader = EpisodeReader(args.record_dir)
+    if names is None:
+        # split the usable files, as vae_train and series/rnn_train do
+        headers = reader.scan()
+        usable = [p for p in reader.paths if p in headers]
+        if len(usable) < 2:
+            fail(parser, f"need at least 2 usable episode files in {args.record_dir} to find held-out ones")
+        candidates = [p for p, h in zip(usable, holdout_mask(usable, args.holdout, args.split_seed)) if h]
+    else:
+        wanted = set(names)
+        headers = reader.scan([p for p in reader.paths if episode_name(p) in wanted])
+        candidates = [p for p in reader.paths if p in headers]
+    rng = np.random.default_rng(args.seed)
+    chosen = [candidates[i] for i in sorted(rng.permutation(len(candidates))[:args.episodes])]
+    episodes = [(p, ep) for p in chosen if (ep := reader.load(p)) is not None]
+    skipped = reader.report()
+    if not episodes:
+        fail(parser, f"no usable held-out episodes ({source}) in {args.record_dir}")
+
+    from rnn.rnn import RNNNumpy
+    from vae.vae import ConvVAE
+    try:
+        rnn = RNNNumpy.from_json(args.rnn)
+        vae = ConvVAE.from_json(args.vae)
+    except ValueError as e:
+        fail(parser, str(e))
+    if rnn.z_size != vae.z_size:
+        fail(parser, f"{args.rnn} has z_size {rnn.z_size} but {args.vae} has z_size {vae.z_size}")
+    widths = {ep["action_mask"].shape[1] for _, ep in episodes}
+    if widths != {rnn.action_size}:
+        fail(parser, f"episodes have {sorted(widths)} actions but {args.rnn} has action_size {rnn.action_size}")
+
+    eps = [ep for _, ep in episodes]
+    print(f"replaying {len(eps)} episodes ({source}) open loop at temperature {args.temperature}")
+    d = dream(vae, rnn, eps, args.temperature, rng)
+    horizons = [k for k in horizons if k <= d["lengths"].max()]
+    upto = max(horizons)
+    decoded = decoded_masks(vae, d["dream_z"], d["lengths"], upto, rnn.action_size)
+    rows = score(eps, d, decoded, horizons)
+
+    real = np.array([ep["reward"].sum() for ep in eps])
+    dreamed = np.array([d["reward"][i, :n].sum() for i, n in enumerate(d["lengths"])])
+    corr = None
+    if len(eps) > 1 and real.std() > 0 and dreamed.std() > 0:
+        corr = float(np.corrcoef(real, dreamed)[0, 1])
+    totals = {"episodes": len(eps), "real_mean": float(real.mean()), "dream_mean": float(dreamed.mean()),
+              "mae": float(np.abs(real - dreamed).mean()), "correlation": corr,
+              "real": real.tolist(), "dreamed": dreamed.tolist()}
+    table = markdown(rows, totals)
+    print(table)
+    result = {"episodes": [episode_name(p) for p, _ in episodes], "episodes_source": source,
+              "temperature": args.temperature, "seed": args.seed, "vae": args.vae, "rnn": args.rnn,
+              "skipped_files": skipped, "horizons": rows, "total_reward": totals, "table": table}
+    atomic_write_json(args.out, result, indent=1)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

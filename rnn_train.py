@@ -1,0 +1,348 @@
+"""Stage 4: train M, the MDN-RNN, on the encoded episodes (series/series.npz).
+
+    python rnn_train.py [--series series/series.npz --out_dir tf_rnn --steps 4000 --batch_size 100
+                         --seq_len 100 --learning_rate 1e-3 --grad_clip 1.0 --hidden_size 256
+                         --num_mixtures 5 --holdout 5% --seed 0]
+
+World Models (rnn_train.py) trains an LSTM of 256 units with 5 Gaussians per z dimension by Adam
+(lr 1e-3, no decay, gradients clipped to 1.0) for 4000 steps of batch 100, on whole 1000-step
+episodes (sequence length 999). Here the defaults are the same except --seq_len 100: one step of
+batch 100 x 100 takes about 0.3 s on 2 CPU cores (4000 steps: about 20 minutes), whole episodes
+would take ten times as long, and the picture holds the whole packing state, so M needs no long
+memory. A window is drawn uniformly over (episode, start) with starts from -(seq_len-1), so every
+recorded step is equally likely to be trained on and windows that begin at an episode's start (as
+every dream does) are common; a window that runs past the episode's end is padded (weight 0).
+
+As in World Models, z_t is sampled from V's mu/logvar afresh for every batch, and the target for
+z_{t+1} is the same sample the next input uses. Inputs (z_t, a_t); targets z_{t+1}, reward r_t,
+done_t and the next valid-action mask m_{t+1}. The last step of an episode has no z_{t+1} and no
+m_{t+1}, but it must stay in the batch for the reward and done targets (its done is the only
+positive one), and MDNRNN.train_step has a single weight mask for all heads: so for that step
+the z target is z_t and the mask target is m_t (one step in an episode's length; documented
+approximation). The held-out report leaves those steps out of the z and mask scores.
+
+Writes out_dir/rnn.json, out_dir/initial_z.json (mu, logvar and action mask of the first frame of
+up to --initial_z_max training episodes, for dream_env.load_initial_z), out_dir/provenance.json
+(sha256 of the VAE behind the series and of the files written, for copy_models.py) and
+out_dir/rnn_report.json (held-out next-z NLL, reward MAE, mask and done accuracy). A checkpoint
+(weights, Adam state, step) goes to out_dir/checkpoint/ every --checkpoint_every steps: a killed
+run started again with the same flags continues from it and ends with the same weights.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from stages_common import (atomic_write_json, atomic_write_npz, fail, holdout_mask, non_negative_int,
+                           parse_fraction, positive_float, positive_int, require_file, sha256_file)
+
+CHECKPOINT = os.path.join("checkpoint", "rnn_checkpoint.npz")
+SERIES_KEYS = ("mu", "logvar", "action", "reward", "done", "action_mask", "episode_lengths",
+               "episode_names", "vae_sha256")
+RESUME_FLAGS = ("seed", "seq_len", "batch_size", "learning_rate", "grad_clip", "hidden_size",
+                "num_mixtures", "reward_scale", "holdout")
+LOSS_KEYS = ("z_nll", "reward_mse", "done_bce", "mask_bce", "total")
+_LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train M (MDN-RNN) on series.npz; see the module docstring.")
+    p.add_argument("--series", default="series/series.npz")
+    p.add_argument("--out_dir", default="tf_rnn")
+    p.add_argument("--steps", type=positive_int, default=4000, help="World Models: 4000")
+    p.add_argument("--batch_size", type=positive_int, default=100, help="World Models: 100")
+    p.add_argument("--seq_len", type=positive_int, default=100,
+                   help="steps per training window (World Models: 999, whole episodes)")
+    p.add_argument("--learning_rate", type=positive_float, default=1e-3, help="Adam, constant; World Models: 1e-3")
+    p.add_argument("--grad_clip", type=positive_float, default=1.0, help="clip by value; World Models: 1.0")
+    p.add_argument("--hidden_size", type=positive_int, default=256, help="LSTM units; World Models: 256")
+    p.add_argument("--num_mixtures", type=positive_int, default=5, help="Gaussians per z dim; World Models: 5")
+    p.add_argument("--reward_scale", type=positive_float, default=10.0, help="reward head predicts r / scale")
+    p.add_argument("--holdout", type=parse_fraction, default=0.05,
+                   help="share of episodes held out for the report, e.g. 5%% (same split as vae_train)")
+    p.add_argument("--eval_episodes", type=positive_int, default=100, help="held-out episodes scored at most")
+    p.add_argument("--eval_every", type=non_negative_int, default=1000,
+                   help="score held-out every N steps (0: at the end only)")
+    p.add_argument("--checkpoint_every", type=positive_int, default=250)
+    p.add_argument("--initial_z_max", type=positive_int, default=1000, help="rows of initial_z.json at most")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+# ---------------------------------------------------------------- data
+
+
+class Series:
+    """series.npz in memory (mu/logvar stay float16) with per-episode offsets."""
+
+    def __init__(self, path: str):
+        try:
+            with np.load(path) as data:
+                missing = [k for k in SERIES_KEYS if k not in data.files]
+                if missing:
+                    raise ValueError(f"series file {path} lacks {missing}; make it with series.py")
+                d = {k: data[k] for k in SERIES_KEYS}
+        except ValueError:
+            raise
+        except Exception as e:
+            raise ValueError(f"cannot read series file {path}: {type(e).__name__}: {e}") from None
+        self.lengths = d["episode_lengths"].astype(np.int64)
+        total = int(self.lengths.sum())
+        if len(self.lengths) == 0 or (self.lengths < 1).any():
+            raise ValueError(f"series file {path} has no episodes or empty ones")
+        for k in ("mu", "logvar", "action", "reward", "done", "action_mask"):
+            if len(d[k]) != total:
+                raise ValueError(f"series file {path}: {k} has {len(d[k])} rows, episode_lengths sum to {total}")
+        if d["mu"].ndim != 2 or d["mu"].shape != d["logvar"].shape or d["action_mask"].ndim != 2:
+            raise ValueError(f"series file {path}: mu/logvar must be (T, z) and action_mask (T, actions)")
+        if len(d["episode_names"]) != len(self.lengths):
+            raise ValueError(f"series file {path}: {len(d['episode_names'])} names for {len(self.lengths)} episodes")
+        self.mu, self.logvar = d["mu"], d["logvar"]
+        self.action = d["action"].astype(np.int32)
+        self.reward = d["reward"].astype(np.float32)
+        self.done = d["done"].astype(np.float32)
+        self.action_mask = d["action_mask"].astype(np.uint8)
+        self.names = [str(n) for n in d["episode_names"]]
+        self.vae_sha256 = str(d["vae_sha256"])
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        self.z_size, self.action_size = self.mu.shape[1], self.action_mask.shape[1]
+        if self.action.min() < 0 or self.action.max() >= self.action_size:
+            raise ValueError(f"series file {path}: actions outside 0..{self.action_size - 1}")
+
+    def fingerprint(self) -> str:
+        """Identifies the data (VAE and episodes) cheaply, to tie checkpoints to it."""
+        h = hashlib.sha256(self.vae_sha256.encode())
+        h.update("\n".join(self.names).encode())
+        h.update(self.lengths.tobytes())
+        return h.hexdigest()
+
+    def windows(self, pick, first, n_real, seq_len, rng):
+        """Padded arrays (B, seq_len, ...) of episodes `pick` from step `first`, n_real real steps.
+
+        z is sampled from mu/logvar; next_z at step t is the sample used as input at t+1, or z_t
+        on an episode's last step (see the module docstring); same for next_masks.
+        """
+        L, off = self.lengths[pick][:, None], self.offsets[pick][:, None]
+        pos = np.asarray(first)[:, None] + np.arange(seq_len + 1)
+        gidx = off + np.minimum(pos, L - 1)
+        mu = self.mu[gidx].astype(np.float32)
+        zs = mu + np.exp(self.logvar[gidx].astype(np.float32) / 2) * rng.standard_normal(mu.shape, np.float32)
+        valid = np.arange(seq_len) < np.asarray(n_real)[:, None]
+        has_next = valid & (pos[:, 1:] < L)
+        cur = gidx[:, :seq_len]
+        nxt = np.where(has_next, gidx[:, 1:], cur)
+        return {"z": zs[:, :seq_len], "actions": self.action[cur], "rewards": self.reward[cur],
+                "dones": self.done[cur], "next_masks": self.action_mask[nxt].astype(np.float32),
+                "next_z": np.where(has_next[..., None], zs[:, 1:], zs[:, :seq_len]),
+                "weights": valid.astype(np.float32), "has_next": has_next}
+
+    def sample(self, episodes, batch_size, seq_len, rng):
+        """A training batch: windows uniform over (episode, start), start in [-(seq_len-1), L-1]."""
+        L = self.lengths[episodes]
+        starts = L + seq_len - 1
+        pick = rng.choice(episodes, size=batch_size, p=starts / starts.sum())
+        L = self.lengths[pick]
+        raw = rng.integers(-(seq_len - 1), L)
+        first = np.maximum(raw, 0)
+        n_real = np.minimum(raw + seq_len, L) - first
+        return self.windows(pick, first, n_real, seq_len, rng)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _logsumexp(x, axis=-1):
+    top = x.max(axis=axis, keepdims=True)
+    return (top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def evaluate(model, series: Series, episodes, seed: int, chunk: int = 16) -> dict:
+    """M on whole held-out episodes from a zero state (as in a dream), z sampled with a fixed rng."""
+    rng = np.random.default_rng([seed, 1 << 20])
+    s = dict.fromkeys(("z_nll", "reward_abs", "reward_exact", "done_right", "done_pos", "done_hit",
+                       "mask_right", "mask_exact", "steps", "next_steps"), 0.0)
+    for i in range(0, len(episodes), chunk):
+        pick = np.asarray(episodes[i:i + chunk])
+        L = series.lengths[pick]
+        w = series.windows(pick, np.zeros_like(L), L, int(L.max()), rng)
+        p = model.predict(w["z"], w["actions"])
+        valid, nxt = w["weights"] > 0, w["has_next"]
+        y = w["next_z"][..., None]
+        log_normal = -0.5 * ((y - p["mu"]) / np.exp(p["logsigma"])) ** 2 - p["logsigma"] - _LOG_SQRT_2PI
+        nll = -_logsumexp(p["logmix"] + log_normal).mean(-1)               # (B, T), per z dim
+        s["z_nll"] += float(nll[nxt].sum())
+        s["reward_abs"] += float(np.abs(p["reward"] - w["rewards"])[valid].sum())
+        s["reward_exact"] += float((np.round(p["reward"]) == w["rewards"])[valid].sum())
+        done_pred = p["done_prob"] > 0.5
+        s["done_right"] += float((done_pred == (w["dones"] > 0.5))[valid].sum())
+        s["done_pos"] += float((w["dones"] > 0.5)[valid].sum())
+        s["done_hit"] += float((done_pred & (w["dones"] > 0.5))[valid].sum())
+        mask_pred = p["mask_prob"] > 0.5
+        mask_pred[..., 0] = True                    # opening a new bin is always valid (as in the dream)
+        right = mask_pred == (w["next_masks"] > 0.5)
+        s["mask_right"] += float(right[nxt].mean(-1).sum())
+        s["mask_exact"] += float(right.all(-1)[nxt].sum())
+        s["steps"] += float(valid.sum())
+        s["next_steps"] += float(nxt.sum())
+    n, m = max(s["steps"], 1), max(s["next_steps"], 1)
+    return {"episodes": len(episodes), "steps": int(s["steps"]),
+            "next_z_nll": s["z_nll"] / m, "reward_mae": s["reward_abs"] / n,
+            "reward_exact": s["reward_exact"] / n, "done_accuracy": s["done_right"] / n,
+            "done_recall": s["done_hit"] / s["done_pos"] if s["done_pos"] else None,
+            "mask_action_accuracy": s["mask_right"] / m, "mask_exact": s["mask_exact"] / m}
+
+
+def format_eval(e: dict) -> str:
+    return (f"next-z NLL {e['next_z_nll']:.3f}, "
+            f"reward MAE {e['reward_mae']:.3f} (exact {100 * e['reward_exact']:.1f}%), "
+            f"mask per-action {100 * e['mask_action_accuracy']:.2f}% / exact {100 * e['mask_exact']:.1f}%, "
+            f"done accuracy {100 * e['done_accuracy']:.2f}%")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path, model, step, meta, history):
+    arrays = {f"w/{name}": values for name, values in model.get_weights().items()}
+    for i, v in enumerate(model.optimizer.variables):
+        arrays[f"opt_{i}"] = np.asarray(v.numpy())
+    atomic_write_npz(path, step=np.int64(step), meta=np.array(json.dumps(meta)),
+                     history=np.array(json.dumps(history)), **arrays)
+
+
+def load_checkpoint(path, model, meta):
+    try:
+        with np.load(path) as ck:
+            data = {k: ck[k] for k in ck.files}
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                         "delete it or pass --restart") from None
+    saved = json.loads(str(data["meta"]))
+    diff = [f"--{k} {saved.get(k)} (now {meta[k]})" for k in meta if saved.get(k) != meta[k]]
+    if diff:
+        raise ValueError(f"checkpoint {path} was made with {', '.join(diff)}; "
+                         "rerun with the same flags and series or pass --restart")
+    model.set_weights({k[2:]: v for k, v in data.items() if k.startswith("w/")})
+    opt_vars = model.optimizer.variables
+    if sum(k.startswith("opt_") for k in data) != len(opt_vars):
+        raise ValueError(f"checkpoint {path} does not match the optimizer; pass --restart")
+    for i, v in enumerate(opt_vars):
+        v.assign(data[f"opt_{i}"])
+    return int(data["step"]), json.loads(str(data["history"]))
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def initial_z(series: Series, episodes, limit: int, seed: int) -> dict:
+    """First frames of (up to `limit` of) the training episodes, for dream_env.load_initial_z."""
+    episodes = np.asarray(episodes)
+    if len(episodes) > limit:
+        episodes = np.sort(np.random.default_rng([seed, 2 << 20]).choice(episodes, limit, replace=False))
+    rows = series.offsets[episodes]
+    return {"mu": series.mu[rows].astype(np.float32).tolist(),
+            "logvar": series.logvar[rows].astype(np.float32).tolist(),
+            "action_mask": series.action_mask[rows].astype(int).tolist()}
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    require_file(parser, args.series, "series file")
+    try:
+        series = Series(args.series)
+        held = holdout_mask(series.names, args.holdout, args.seed)
+    except ValueError as e:
+        fail(parser, str(e))
+    train_eps, held_eps = np.flatnonzero(~held), np.flatnonzero(held)
+    print(f"{len(series.names)} episodes ({int(series.lengths.sum())} steps) in {args.series}: "
+          f"{len(train_eps)} for training, {len(held_eps)} held out; z_size {series.z_size}, "
+          f"{series.action_size} actions")
+
+    import tensorflow as tf
+    from rnn.rnn import MDNRNN
+    tf.random.set_seed(args.seed)
+    model = MDNRNN(z_size=series.z_size, action_size=series.action_size, hidden_size=args.hidden_size,
+                   num_mixtures=args.num_mixtures, learning_rate=args.learning_rate, grad_clip=args.grad_clip,
+                   reward_scale=args.reward_scale, seed=args.seed)
+
+    meta = {k: getattr(args, k) for k in RESUME_FLAGS}
+    meta["series"] = series.fingerprint()
+    ck_path = os.path.join(args.out_dir, CHECKPOINT)
+    start_step, history, resumed = 0, [], None
+    if os.path.exists(ck_path) and not args.restart:
+        try:
+            start_step, history = load_checkpoint(ck_path, model, meta)
+        except ValueError as e:
+            fail(parser, str(e))
+        resumed = start_step
+        print(f"resuming from checkpoint {ck_path} at step {start_step} of {args.steps}")
+
+    eval_eps = held_eps[:args.eval_episodes]
+    sums, count = np.zeros(len(LOSS_KEYS)), 0
+    train_seconds, trained = 0.0, 0
+    bar = tqdm(total=args.steps, initial=min(start_step, args.steps), desc="M steps", unit="step")
+    for step in range(start_step, args.steps):
+        batch = series.sample(train_eps, args.batch_size, args.seq_len, np.random.default_rng([args.seed, step]))
+        t0 = time.time()
+        losses = model.train_step(batch["z"], batch["actions"], batch["rewards"], batch["dones"],
+                                  batch["next_masks"], batch["next_z"], batch["weights"])
+        train_seconds += time.time() - t0
+        trained += 1
+        sums += [losses[k] for k in LOSS_KEYS]
+        count += 1
+        bar.update(1)
+        bar.set_postfix(nll=f"{losses['z_nll']:.3f}", r=f"{losses['reward_mse']:.4f}",
+                        mask=f"{losses['mask_bce']:.4f}", sps=f"{trained / train_seconds:.2f}")
+        done_steps = step + 1
+        checkpoint_now = done_steps % args.checkpoint_every == 0 or done_steps == args.steps
+        eval_now = bool(args.eval_every) and done_steps % args.eval_every == 0
+        if checkpoint_now or eval_now:
+            # mean training losses since the last entry (+ held-out scores): the learning curve
+            entry = {"step": done_steps, **{k: round(float(v), 5) for k, v in zip(LOSS_KEYS, sums / count)}}
+            if eval_now:
+                entry["heldout"] = evaluate(model, series, eval_eps, args.seed)
+                bar.write(f"step {done_steps}: held-out {format_eval(entry['heldout'])}")
+            history.append(entry)
+            sums, count = np.zeros(len(LOSS_KEYS)), 0
+        if checkpoint_now:
+            save_checkpoint(ck_path, model, done_steps, meta, history)
+    bar.close()
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    rnn_path = os.path.join(args.out_dir, "rnn.json")
+    model.save_json(rnn_path)
+    iz_path = os.path.join(args.out_dir, "initial_z.json")
+    iz = initial_z(series, train_eps, args.initial_z_max, args.seed)
+    atomic_write_json(iz_path, iz)
+    heldout = evaluate(model, series, eval_eps, args.seed)
+    sps = trained / train_seconds if train_seconds else None
+    provenance = {"vae_sha256": series.vae_sha256, "series": os.path.abspath(args.series),
+                  "series_fingerprint": meta["series"], "rnn_sha256": sha256_file(rnn_path),
+                  "initial_z_sha256": sha256_file(iz_path), "z_size": series.z_size,
+                  "action_size": series.action_size, "steps": max(args.steps, start_step), "seed": args.seed,
+                  "holdout": args.holdout, "train_episodes": len(train_eps),
+                  "heldout_episodes": [series.names[i] for i in held_eps]}
+    atomic_write_json(os.path.join(args.out_dir, "provenance.json"), provenance, indent=1)
+    report = {"rnn": rnn_path, "initial_z": iz_path, "initial_z_rows": len(iz["mu"]),
+              "steps": max(args.steps, start_step), "resumed_from_step": resumed, "steps_this_run": trained,
+              "steps_per_s": round(sps, 3) if sps else None, "train_episodes": len(train_eps),
+              "heldout": heldout, "history": history, "flags": vars(args)}
+    atomic_write_json(os.path.join(args.out_dir, "rnn_report.json"), report, indent=1)
+    print(f"wrote {rnn_path}, {iz_path} ({len(iz['mu'])} first frames), provenance.json, rnn_report.json")
+    print(f"held-out ({heldout['episodes']} episodes, {heldout['steps']} steps): {format_eval(heldout)}")
+    if sps:
+        print(f"trained {trained} steps at {sps:.2f} steps/s "
+              f"({sps * args.batch_size * args.seq_len:.0f} sequence steps/s)")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,368 @@
+"""End-to-end tests of the training stages on six tiny episodes (full-size V and M, few steps).
+
+record/ -> vae_train -> series -> rnn_train -> copy_models -> dream_fidelity, each through its
+main(argv); plus resuming, determinism, unusable episode files and mismatched artifacts.
+"""
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+import copy_models
+import dream_fidelity
+import rnn_train
+import series
+import vae_train
+from baselines import best_fit, random_valid
+from bin_packing_environment import PRESETS, BatchBinPacking, episode_seeds, write_episode_npz
+from stages_common import holdout_mask, sha256_file
+
+EPISODES, HORIZON, BAD_FILES = 6, 30, 3
+
+
+def run(main, argv):
+    """main(argv) with its stdout captured: (result, text)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = main([str(a) for a in argv])
+    return result, out.getvalue()
+
+
+def run_fails(main, argv, capsys):
+    """main(argv) must exit with status 2 and one line on stderr; returns that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1]
+
+
+def no_temp_files(directory):
+    return not [p for p in directory.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory):
+    """Six short episodes (best fit with random moves) and three unusable files."""
+    directory = tmp_path_factory.mktemp("record")
+    rng = np.random.default_rng(0)
+    env = BatchBinPacking(dict(PRESETS["perfect_pack"], time_horizon=HORIZON), EPISODES, pictures=True)
+    obs = env.reset(episode_seeds(0, EPISODES, "rollout"))
+    steps = {k: [] for k in ("obs", "action", "reward", "done", "action_mask", "state")}
+    done = np.zeros(EPISODES, bool)
+    while not done.all():
+        explore = rng.random(EPISODES) < 0.3
+        actions = np.where(explore, random_valid(obs["state"], obs["action_mask"], rng),
+                           best_fit(obs["state"], obs["action_mask"]))
+        before = obs
+        obs, reward, done, _ = env.step(actions)
+        for key, value in (("obs", before["picture"]), ("action", actions), ("reward", reward), ("done", done),
+                           ("action_mask", before["action_mask"]), ("state", before["state"])):
+            steps[key].append(value)
+    for i in range(EPISODES):
+        write_episode_npz(directory, {k: np.stack(v, 1)[i] for k, v in steps.items()}, name=f"ep{i:02d}")
+    (directory / "garbage.npz").write_bytes(b"not a zip file")
+    (directory / "empty.npz").write_bytes(b"")
+    good = (directory / "ep00.npz").read_bytes()
+    (directory / "truncated.npz").write_bytes(good[:len(good) // 2])
+    return directory
+
+
+VAE_FLAGS = ["--frames_per_episode", 4, "--batch_size", 8, "--eval_frames", 30]
+
+
+@pytest.fixture(scope="module")
+def trained_vae(record, tmp_path_factory):
+    """vae_train for one epoch, then again with --epochs 2 (resumes), and a fresh 2-epoch run."""
+    out = tmp_path_factory.mktemp("tf_vae")
+    first = run(vae_train.main, ["--record_dir", record, "--out_dir", out, "--epochs", 1] + VAE_FLAGS)
+    second = run(vae_train.main, ["--record_dir", record, "--out_dir", out, "--epochs", 2] + VAE_FLAGS)
+    fresh_dir = tmp_path_factory.mktemp("tf_vae_fresh")
+    fresh = run(vae_train.main, ["--record_dir", record, "--out_dir", fresh_dir, "--epochs", 2] + VAE_FLAGS)
+    return {"out": out, "first": first, "second": second, "fresh_dir": fresh_dir, "fresh": fresh}
+
+
+def test_vae_train_writes_model_and_fidelity_report(trained_vae):
+    out = trained_vae["out"]
+    report, text = trained_vae["first"]
+    assert (out / "vae.json").exists() and (out / "checkpoint" / "vae_checkpoint.npz").exists()
+    assert report["epochs_completed"] == 1 and report["resumed_from"] is None
+    assert report["train_episodes"] + len(report["heldout_episodes"]) == EPISODES
+    assert report["frames_trained_this_run"] == 4 * report["train_episodes"]
+    saved = json.loads((out / "vae_report.json").read_text())
+    fid = saved["fidelity"]
+    assert fid["frames"] == HORIZON * len(report["heldout_episodes"])
+    for key in ("state_exact", "mask_exact", "item_exact"):
+        assert 0 <= fid[key] <= 1
+    assert set(saved["targets_met"]) == {"mask_exact", "item_exact"}
+    assert "held-out fidelity" in text and "mask exact" in text
+    assert no_temp_files(out)
+
+
+def test_unusable_episode_files_are_skipped_and_counted(trained_vae):
+    report, text = trained_vae["first"]
+    assert report["skipped_files"] == BAD_FILES
+    assert f"skipped {BAD_FILES} unusable episode file(s)" in text
+
+
+def test_vae_train_resumes_from_the_next_epoch_and_matches_an_uninterrupted_run(trained_vae):
+    report, text = trained_vae["second"]
+    assert "resuming from checkpoint" in text and "epoch 2 of 2" in text
+    assert report["resumed_from"] == {"epoch": 2, "batch": 0}
+    assert [h["epoch"] for h in report["history"]] == [1, 2]
+    assert report["frames_trained_this_run"] == 4 * report["train_episodes"]      # one epoch only
+    assert (trained_vae["out"] / "vae.json").read_bytes() == (trained_vae["fresh_dir"] / "vae.json").read_bytes()
+
+
+def test_vae_train_resumes_inside_an_epoch(record, trained_vae, tmp_path, monkeypatch):
+    from vae.vae import ConvVAE
+    original, calls = ConvVAE.train_step, []
+
+    def killed_on_the_fifth_batch(self, batch):
+        calls.append(1)
+        if len(calls) == 5:                         # epoch 2, batch 2 (3 batches per epoch)
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    argv = ["--record_dir", record, "--out_dir", tmp_path, "--epochs", 2, "--checkpoint_minutes", 1e-9] + VAE_FLAGS
+    monkeypatch.setattr(ConvVAE, "train_step", killed_on_the_fifth_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run(vae_train.main, argv)
+    monkeypatch.setattr(ConvVAE, "train_step", original)
+    report, text = run(vae_train.main, argv)
+    assert report["resumed_from"] == {"epoch": 2, "batch": 1}
+    assert (tmp_path / "vae.json").read_bytes() == (trained_vae["fresh_dir"] / "vae.json").read_bytes()
+
+
+def test_vae_train_refuses_a_checkpoint_made_with_other_flags(record, trained_vae, capsys):
+    line = run_fails(vae_train.main, ["--record_dir", record, "--out_dir", trained_vae["out"], "--epochs", 2,
+                                      "--frames_per_episode", 5, "--batch_size", 8], capsys)
+    assert "--frames_per_episode 4 (now 5)" in line and "--restart" in line
+
+
+@pytest.fixture(scope="module")
+def series_file(record, trained_vae, tmp_path_factory):
+    out = tmp_path_factory.mktemp("series") / "series.npz"
+    result, text = run(series.main, ["--record_dir", record, "--vae", trained_vae["out"] / "vae.json",
+                                     "--out", out, "--batch", 50])
+    return out, result, text
+
+
+def test_series_encodes_every_usable_episode(series_file, trained_vae, record):
+    path, result, text = series_file
+    assert result["skipped_files"] == BAD_FILES and f"skipped {BAD_FILES}" in text
+    with np.load(path) as d:
+        total = EPISODES * HORIZON
+        for key, dtype, shape in (("mu", np.float16, (total, 32)), ("logvar", np.float16, (total, 32)),
+                                  ("action", np.int16, (total,)), ("reward", np.float32, (total,)),
+                                  ("done", np.bool_, (total,)), ("action_mask", np.uint8, (total, 30)),
+                                  ("episode_lengths", np.int64, (EPISODES,))):
+            assert d[key].dtype == dtype and d[key].shape == shape, key
+        assert d["episode_lengths"].tolist() == [HORIZON] * EPISODES
+        assert [str(n) for n in d["episode_names"]] == [f"ep{i:02d}" for i in range(EPISODES)]
+        assert str(d["vae_sha256"]) == sha256_file(trained_vae["out"] / "vae.json")
+        assert d["done"].reshape(EPISODES, HORIZON)[:, -1].all()
+        # the encoding is V's mu of the recorded pictures
+        from bin_packing_environment import load_episode_npz
+        from vae.vae import ConvVAE
+        vae = ConvVAE.from_json(trained_vae["out"] / "vae.json")
+        mu, _ = vae.encode_mu_logvar(load_episode_npz(str(record / "ep00.npz"))["obs"])
+        np.testing.assert_allclose(d["mu"][:HORIZON].astype(np.float32), mu, atol=2e-3, rtol=2e-3)
+
+
+def test_series_refuses_a_vae_of_another_z_size(record, trained_vae, tmp_path, capsys):
+    line = run_fails(series.main, ["--record_dir", record, "--vae", trained_vae["out"] / "vae.json",
+                                   "--out", tmp_path / "s.npz", "--z_size", 16], capsys)
+    assert "z_size 32, expected 16" in line
+    assert not (tmp_path / "s.npz").exists()
+
+
+RNN_FLAGS = ["--seq_len", 10, "--batch_size", 8, "--checkpoint_every", 2, "--eval_every", 2]
+
+
+@pytest.fixture(scope="module")
+def trained_rnn(series_file, tmp_path_factory):
+    """rnn_train for 4 steps, resumed to 6, and a fresh 6-step run to compare with."""
+    path = series_file[0]
+    out = tmp_path_factory.mktemp("tf_rnn")
+    first = run(rnn_train.main, ["--series", path, "--out_dir", out, "--steps", 4] + RNN_FLAGS)
+    second = run(rnn_train.main, ["--series", path, "--out_dir", out, "--steps", 6] + RNN_FLAGS)
+    fresh_dir = tmp_path_factory.mktemp("tf_rnn_fresh")
+    fresh = run(rnn_train.main, ["--series", path, "--out_dir", fresh_dir, "--steps", 6] + RNN_FLAGS)
+    return {"out": out, "first": first, "second": second, "fresh_dir": fresh_dir, "fresh": fresh}
+
+
+def test_rnn_train_writes_model_initial_z_provenance_and_report(trained_rnn, trained_vae, series_file):
+    out = trained_rnn["out"]
+    from rnn.rnn import read_json
+    hp, _ = read_json(out / "rnn.json")
+    assert (hp["z_size"], hp["action_size"], hp["hidden_size"], hp["num_mixtures"]) == (32, 30, 256, 5)
+
+    from dream_env import load_initial_z
+    iz = load_initial_z(str(out / "initial_z.json"))
+    prov = json.loads((out / "provenance.json").read_text())
+    train = prov["train_episodes"]
+    assert train + len(prov["heldout_episodes"]) == EPISODES
+    assert iz["mu"].shape == iz["logvar"].shape == (train, 32)
+    assert iz["action_mask"].shape == (train, 30)
+    assert (iz["action_mask"][:, 0] == 1).all() and (iz["action_mask"][:, 1:] == 0).all()  # empty packing
+    assert prov["vae_sha256"] == sha256_file(trained_vae["out"] / "vae.json")
+    assert prov["rnn_sha256"] == sha256_file(out / "rnn.json")
+    # the same episodes are held out from V and from M
+    assert prov["heldout_episodes"] == trained_vae["first"][0]["heldout_episodes"]
+
+    report = json.loads((out / "rnn_report.json").read_text())
+    held = report["heldout"]
+    assert held["steps"] == HORIZON * len(prov["heldout_episodes"])
+    for key in ("reward_exact", "done_accuracy", "mask_action_accuracy", "mask_exact"):
+        assert 0 <= held[key] <= 1
+    assert np.isfinite(held["next_z_nll"]) and held["reward_mae"] >= 0
+    assert [h["step"] for h in report["history"]] == [2, 4, 6]
+    assert "heldout" in report["history"][0]
+    assert no_temp_files(out)
+
+
+def test_rnn_train_resumes_and_matches_an_uninterrupted_run(trained_rnn):
+    report, text = trained_rnn["second"]
+    assert "resuming from checkpoint" in text and "at step 4 of 6" in text
+    assert report["resumed_from_step"] == 4 and report["steps_this_run"] == 2
+    assert (trained_rnn["out"] / "rnn.json").read_bytes() == (trained_rnn["fresh_dir"] / "rnn.json").read_bytes()
+
+
+def test_training_windows_cover_episode_ends():
+    """Windows padded after an episode's end; the last step keeps its reward and done."""
+    class Fake(rnn_train.Series):
+        def __init__(self):
+            self.lengths = np.array([3, 5])
+            self.offsets = np.array([0, 3])
+            self.mu = np.arange(8, dtype=np.float16)[:, None].repeat(2, 1)
+            self.logvar = np.full((8, 2), -20, np.float16)            # z = mu up to 5e-5
+            self.action = np.arange(8, dtype=np.int32)
+            self.reward = np.arange(8, dtype=np.float32)
+            self.done = np.array([0, 0, 1, 0, 0, 0, 0, 1], np.float32)
+            self.action_mask = np.eye(8, dtype=np.uint8)
+    s = Fake()
+    w = s.windows(np.array([0, 1]), np.array([0, 2]), np.array([3, 3]), 4, np.random.default_rng(0))
+    assert w["weights"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 0]]
+    z, next_z = np.rint(w["z"][..., 0]), np.rint(w["next_z"][..., 0])
+    assert z[0, :3].tolist() == [0, 1, 2] and z[1, :3].tolist() == [5, 6, 7]
+    assert next_z[0, :3].tolist() == [1, 2, 2]                   # last step: z_t stands in for z_{t+1}
+    assert next_z[1, :3].tolist() == [6, 7, 7]
+    np.testing.assert_array_equal(w["next_z"][:, :1], w["z"][:, 1:2])   # the same sample, WM style
+    assert w["dones"][0, :3].tolist() == [0, 0, 1] and w["dones"][1, :3].tolist() == [0, 0, 1]
+    assert w["next_masks"][0, :3].argmax(-1).tolist() == [1, 2, 2]
+    assert w["has_next"].tolist() == [[True, True, False, False], [True, True, False, False]]
+    batch = s.sample(np.array([0, 1]), 64, 4, np.random.default_rng(1))
+    assert batch["dones"][batch["weights"] > 0].sum() > 0            # episode ends are trained on
+
+
+@pytest.fixture(scope="module")
+def installed(trained_vae, trained_rnn, tmp_path_factory):
+    root = tmp_path_factory.mktemp("root")
+    out = trained_rnn["out"]
+    run(copy_models.main, ["--vae", trained_vae["out"] / "vae.json", "--rnn", out / "rnn.json",
+                           "--initial_z", out / "initial_z.json", "--out_root", root])
+    return root
+
+
+def test_copy_models_installs_the_checked_set(installed, trained_vae, trained_rnn):
+    out = trained_rnn["out"]
+    for src, dst in ((trained_vae["out"] / "vae.json", "vae/vae.json"), (out / "rnn.json", "rnn/rnn.json"),
+                     (out / "initial_z.json", "initial_z/initial_z.json"),
+                     (out / "provenance.json", "rnn/provenance.json")):
+        assert (installed / dst).read_bytes() == src.read_bytes(), dst
+    assert no_temp_files(installed)
+
+
+def test_copy_models_refuses_mismatched_artifacts(trained_vae, trained_rnn, tmp_path, capsys):
+    from rnn.rnn import MDNRNN
+    from vae.vae import ConvVAE
+    out = trained_rnn["out"]
+    vae_json = trained_vae["out"] / "vae.json"
+    base = ["--initial_z", out / "initial_z.json", "--out_root", tmp_path / "root"]
+
+    small = tmp_path / "rnn16.json"
+    MDNRNN(z_size=16, hidden_size=8).save_json(small)
+    line = run_fails(copy_models.main, ["--vae", vae_json, "--rnn", small, "--provenance", out / "provenance.json"]
+                     + base, capsys)
+    assert "z_size 16" in line and "z_size 32" in line
+
+    other = tmp_path / "other_vae.json"
+    ConvVAE(seed=7).save_json(other)
+    line = run_fails(copy_models.main, ["--vae", other, "--rnn", out / "rnn.json"] + base, capsys)
+    assert "another VAE" in line and "vae_sha256" in line
+
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "rnn.json").write_bytes((out / "rnn.json").read_bytes())
+    line = run_fails(copy_models.main, ["--vae", vae_json, "--rnn", lonely / "rnn.json"] + base, capsys)
+    assert "provenance" in line and "not found" in line
+    assert not (tmp_path / "root").exists()                  # nothing was copied
+
+
+def test_dream_fidelity_reports_horizons_within_the_episodes(installed, record, tmp_path, capsys):
+    out = tmp_path / "fidelity.json"
+    result, text = run(dream_fidelity.main, ["--record_dir", record, "--vae", installed / "vae" / "vae.json",
+                                             "--rnn", installed / "rnn" / "rnn.json", "--out", out])
+    prov = json.loads((installed / "rnn" / "provenance.json").read_text())
+    assert result["episodes"] == prov["heldout_episodes"]
+    assert [r["horizon"] for r in result["horizons"]] == [1, 10]          # episodes are 30 steps long
+    for row in result["horizons"]:
+        for key in ("decoded_mask_exact", "head_mask_exact", "reward_exact"):
+            assert 0 <= row[key] <= 1
+    assert result["horizons"][1]["frames"] == 10 * len(result["episodes"])
+    assert "| horizon k |" in text and "correlation" in text
+    assert json.loads(out.read_text())["total_reward"]["episodes"] == len(result["episodes"])
+
+    again, _ = run(dream_fidelity.main, ["--record_dir", record, "--vae", installed / "vae" / "vae.json",
+                                         "--rnn", installed / "rnn" / "rnn.json", "--out", tmp_path / "b.json"])
+    assert again["horizons"] == result["horizons"]                        # same seed, same numbers
+    # without provenance.json the same episodes come from the --holdout split of seed 0
+    split, _ = run(dream_fidelity.main, ["--record_dir", record, "--vae", installed / "vae" / "vae.json",
+                                         "--rnn", installed / "rnn" / "rnn.json", "--out", tmp_path / "c.json",
+                                         "--no_provenance"])
+    assert split["episodes"] == result["episodes"] and "--holdout" in split["episodes_source"]
+
+
+def test_dream_fidelity_refuses_a_vae_m_was_not_trained_with(installed, record, tmp_path, capsys):
+    from vae.vae import ConvVAE
+    other = tmp_path / "other_vae.json"
+    ConvVAE(seed=7).save_json(other)
+    line = run_fails(dream_fidelity.main, ["--record_dir", record, "--vae", other,
+                                           "--rnn", installed / "rnn" / "rnn.json"], capsys)
+    assert "another VAE" in line
+
+
+@pytest.mark.parametrize("main, argv, message", [
+    (vae_train.main, ["--record_dir", "/nonexistent/record"], "record directory /nonexistent/record not found"),
+    (vae_train.main, ["--holdout", "80%"], "must be in (0, 50%]"),
+    (vae_train.main, ["--epochs", "0"], "must be >= 1"),
+    (series.main, ["--record_dir", "/nonexistent/record"], "not found"),
+    (series.main, ["--vae", "/nonexistent/vae.json", "--record_dir", "."], "VAE file /nonexistent/vae.json not found"),
+    (rnn_train.main, ["--series", "/nonexistent/series.npz"], "series file /nonexistent/series.npz not found"),
+    (copy_models.main, ["--vae", "/nonexistent/vae.json"], "VAE file /nonexistent/vae.json not found"),
+    (dream_fidelity.main, ["--record_dir", "/nonexistent/record"], "not found"),
+    (dream_fidelity.main, ["--horizons", "10,x"], "--horizons"),
+])
+def test_clear_errors(main, argv, message, capsys):
+    assert message in run_fails(main, argv, capsys)
+
+
+def test_rnn_train_rejects_a_broken_series_file(tmp_path, capsys):
+    path = tmp_path / "series.npz"
+    np.savez(path, mu=np.zeros((3, 32), np.float16))
+    line = run_fails(rnn_train.main, ["--series", path, "--out_dir", tmp_path / "out"], capsys)
+    assert "lacks" in line and "series.py" in line
+
+
+def test_holdout_split_is_per_name_and_never_empty():
+    names = [f"episode{i}" for i in range(200)]
+    held = holdout_mask(names, 0.05, 0)
+    assert 1 <= held.sum() <= 25
+    more = holdout_mask(names + [f"new{i}" for i in range(50)], 0.05, 0)
+    assert (more[:200] == held).all()                      # new files do not move old ones
+    assert holdout_mask(names[:2], 0.05, 0).sum() == 1
+    assert not (holdout_mask(names, 0.05, 1) == held).all()
