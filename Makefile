@@ -21,3 +21,6 @@ test: setup
 
 bench: setup
 	$(PY) bench/run_all.py
+
+pipeline: setup
+	$(PY) pipeline.py --scale $(SCALE)

@@ -142,12 +142,18 @@ def main(argv=None):
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (episodes from the 'eval' stream)")
     parser.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
+    parser.add_argument("--time_horizon", type=int, default=None, help="override the preset's horizon")
     parser.add_argument("--batch", type=int, default=100, help="episodes stepped together")
     parser.add_argument("--vae", default=DEFAULT_VAE)
     parser.add_argument("--rnn", default=DEFAULT_RNN)
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.batch < 1:
         parser.error("--episodes and --batch must be >= 1")
+    config = dict(PRESETS[args.preset])
+    if args.time_horizon is not None:
+        if args.time_horizon < 1:
+            parser.error("--time_horizon must be >= 1")
+        config["time_horizon"] = args.time_horizon
     try:
         rnn = load_rnn(args.rnn)
         controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
@@ -156,11 +162,11 @@ def main(argv=None):
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
     if args.mode == "render":
-        return render(controller, params, vae, rnn, args.preset, args.seed)
+        return render(controller, params, vae, rnn, config, args.seed)
     from baselines import summarise
     start = time.time()
     seeds = episode_seeds(args.seed, args.episodes, "eval")
-    totals = np.concatenate([rollout_real(controller, params, vae, rnn, args.preset, seeds[i:i + args.batch],
+    totals = np.concatenate([rollout_real(controller, params, vae, rnn, config, seeds[i:i + args.batch],
                                           progress=True)[0][0]
                              for i in range(0, args.episodes, args.batch)])
     result = summarise("world_model", args.preset, totals, wall_time_s=round(time.time() - start, 1))

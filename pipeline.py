@@ -1,0 +1,170 @@
+"""The whole World Models pipeline, stage by stage, at a scale set by one knob.
+
+    python pipeline.py --scale tiny|small|paper [--work_dir runs/<scale>] [--seed 0] [--force]
+    make pipeline SCALE=small
+
+Every stage is the ordinary stage script run as a subprocess, writing under --work_dir:
+rollouts (extract.py) -> V (vae_train.py) -> series.py -> M (rnn_train.py) -> copy_models.py
+-> dream fidelity -> C in the dream (train.py) -> evaluation on the real env (model.py).
+A stage whose command and input files are unchanged since it last succeeded is skipped
+(--force redoes everything); a stage killed half way resumes, because every training script
+resumes from its own checkpoint. The first failing stage stops the pipeline with its error.
+Per-stage wall times and the final rewards go to <work_dir>/pipeline_summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+# What each scale runs. tiny: CI smoke test (minutes); small: a 2-core machine in about an
+# hour; paper: the original's scale for a big machine.
+SCALES = {
+    "tiny": dict(rollouts=[(6, 0.3)], horizon=30, vae_epochs=1, frames_per_episode=10, vae_lr=1e-3,
+                 rnn_steps=20, seq_len=10, popsize=4, num_episode=2, generations=2, dream_horizon=10,
+                 eval_steps=2, eval_episodes=2, eval_horizon=30, workers=1, final_episodes=3, fidelity_episodes=2),
+    "small": dict(rollouts=[(300, 0.2), (200, 0.5)], horizon=None, vae_epochs=16, frames_per_episode=50,
+                  vae_lr=5e-4, rnn_steps=2000, seq_len=100, popsize=64, num_episode=16, generations=60,
+                  dream_horizon=200, eval_steps=20, eval_episodes=50, eval_horizon=None, workers=1,
+                  final_episodes=200, fidelity_episodes=20),
+    "paper": dict(rollouts=[(6000, 0.2), (4000, 0.5)], horizon=None, vae_epochs=10, frames_per_episode=0,
+                  vae_lr=1e-4, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16, generations=1000,
+                  dream_horizon=1000, eval_steps=25, eval_episodes=1024, eval_horizon=None, workers=64,
+                  final_episodes=1000, fidelity_episodes=100),
+}
+
+
+def stages(s: dict, w: str, seed: int) -> list[dict]:
+    """(name, command, inputs, outputs) of every stage, in order."""
+    py = sys.executable
+    j = lambda *p: os.path.join(w, *p)  # noqa: E731
+    horizon = ["--time_horizon", str(s["horizon"])] if s["horizon"] else []
+    rollouts = [[py, "extract.py", "--episodes", str(n), "--policy", "epsilon_best_fit", "--epsilon", str(eps),
+                 "--workers", "2", "--seed", str(seed + 1 + k), "--record_dir", j("record"), "--quiet", *horizon]
+                for k, (n, eps) in enumerate(s["rollouts"])]
+    best = j("log", f"binpacking.cma.{s['num_episode']}.{s['popsize']}.best.json")
+    eval_horizon = ["--eval_horizon", str(s["eval_horizon"])] if s["eval_horizon"] else []
+    return [
+        dict(name="rollouts", commands=rollouts, inputs=[], outputs=[j("record")]),
+        dict(name="vae", commands=[[py, "vae_train.py", "--record_dir", j("record"), "--out_dir", j("tf_vae"),
+                                    "--epochs", str(s["vae_epochs"]), "--frames_per_episode",
+                                    str(s["frames_per_episode"]), "--learning_rate", str(s["vae_lr"]),
+                                    "--seed", str(seed)]],
+             inputs=[j("record")], outputs=[j("tf_vae", "vae.json")]),
+        dict(name="series", commands=[[py, "series.py", "--record_dir", j("record"), "--vae", j("tf_vae", "vae.json"),
+                                       "--out", j("series", "series.npz")]],
+             inputs=[j("record"), j("tf_vae", "vae.json")], outputs=[j("series", "series.npz")]),
+        dict(name="rnn", commands=[[py, "rnn_train.py", "--series", j("series", "series.npz"), "--out_dir", j("tf_rnn"),
+                                    "--steps", str(s["rnn_steps"]), "--seq_len", str(s["seq_len"]),
+                                    "--seed", str(seed)]],
+             inputs=[j("series", "series.npz")], outputs=[j("tf_rnn", "rnn.json"), j("tf_rnn", "initial_z.json")]),
+        dict(name="copy", commands=[[py, "copy_models.py", "--vae", j("tf_vae", "vae.json"), "--rnn",
+                                     j("tf_rnn", "rnn.json"), "--initial_z", j("tf_rnn", "initial_z.json"),
+                                     "--out_root", w]],
+             inputs=[j("tf_vae", "vae.json"), j("tf_rnn", "rnn.json"), j("tf_rnn", "initial_z.json")],
+             outputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")]),
+        dict(name="dream_fidelity", commands=[[py, "dream_fidelity.py", "--record_dir", j("record"),
+                                               "--vae", j("vae", "vae.json"), "--rnn", j("rnn", "rnn.json"),
+                                               "--episodes", str(s["fidelity_episodes"]),
+                                               "--out", j("dream_fidelity.json"), "--seed", str(seed)]],
+             inputs=[j("vae", "vae.json"), j("rnn", "rnn.json")], outputs=[j("dream_fidelity.json")]),
+        dict(name="controller", commands=[[py, "train.py", "--vae", j("vae", "vae.json"), "--rnn", j("rnn", "rnn.json"),
+                                           "--initial_z", j("initial_z", "initial_z.json"), "--log_dir", j("log"),
+                                           "--popsize", str(s["popsize"]), "--num_episode", str(s["num_episode"]),
+                                           "--generations", str(s["generations"]), "--time_horizon",
+                                           str(s["dream_horizon"]), "--eval_steps", str(s["eval_steps"]),
+                                           "--eval_episodes", str(s["eval_episodes"]), "--num_worker",
+                                           str(s["workers"]), "--seed", str(seed), *eval_horizon]],
+             inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")], outputs=[best]),
+        dict(name="evaluation", commands=[[py, "model.py", "norender", best, "--vae", j("vae", "vae.json"),
+                                           "--rnn", j("rnn", "rnn.json"), "--episodes", str(s["final_episodes"]),
+                                           "--seed", str(seed), *(["--time_horizon", str(s["horizon"])] if s["horizon"] else [])],
+                                          [py, "baseline_best_fit.py", "--episodes", str(s["final_episodes"]),
+                                           "--seed", str(seed), *horizon]],
+             inputs=[best], outputs=[j("evaluation.json")], capture=j("evaluation.json")),
+    ]
+
+
+def fingerprint(paths) -> str:
+    """Changes when any input file changes (size and modification time of every file)."""
+    h = hashlib.sha256()
+    for path in paths:
+        files = [path] if os.path.isfile(path) else sorted(
+            os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+        for f in files:
+            st = os.stat(f)
+            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def run_stage(stage: dict, stamp_path: str, force: bool) -> tuple[str, float]:
+    key = json.dumps([stage["commands"], fingerprint(stage["inputs"])])
+    if not force and os.path.exists(stamp_path) and all(os.path.exists(o) for o in stage["outputs"]):
+        with open(stamp_path) as f:
+            if json.load(f).get("key") == key:
+                return "skipped", 0.0
+    start = time.time()
+    results = []
+    for cmd in stage["commands"]:
+        print(f"[{stage['name']}] {' '.join(cmd[1:])}", flush=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE if stage.get("capture") else None, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"stage {stage['name']} failed (exit {proc.returncode}): {' '.join(cmd[1:])}")
+        if stage.get("capture"):
+            print(proc.stdout, end="")
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if stage.get("capture"):
+        with open(stage["capture"] + ".tmp", "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(stage["capture"] + ".tmp", stage["capture"])
+    with open(stamp_path + ".tmp", "w") as f:
+        json.dump({"key": key}, f)
+    os.replace(stamp_path + ".tmp", stamp_path)
+    return "ran", time.time() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument("--work_dir", default=None, help="default: runs/<scale>")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="re-run every stage")
+    parser.add_argument("--workers", type=int, default=None, help="MPI workers for CMA-ES (default: the scale's)")
+    args = parser.parse_args(argv)
+    scale = dict(SCALES[args.scale])
+    if args.workers is not None:
+        if args.workers < 1:
+            parser.error("--workers must be >= 1")
+        scale["workers"] = args.workers
+    work_dir = args.work_dir or os.path.join("runs", args.scale)
+    os.makedirs(os.path.join(work_dir, ".stamps"), exist_ok=True)
+    summary = {"scale": args.scale, "seed": args.seed, "stages": []}
+    total = time.time()
+    for stage in stages(scale, work_dir, args.seed):
+        try:
+            status, seconds = run_stage(stage, os.path.join(work_dir, ".stamps", stage["name"] + ".json"), args.force)
+        except RuntimeError as e:
+            print(f"pipeline stopped: {e}", file=sys.stderr)
+            sys.exit(1)
+        summary["stages"].append({"stage": stage["name"], "status": status, "wall_s": round(seconds, 1)})
+        print(f"[{stage['name']}] {status} ({seconds:.1f} s)", flush=True)
+    summary["wall_s"] = round(time.time() - total, 1)
+    with open(os.path.join(work_dir, "evaluation.json")) as f:
+        summary["evaluation"] = json.load(f)
+    with open(os.path.join(work_dir, "pipeline_summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print("\n| stage | status | wall s |\n| --- | --- | --- |")
+    for row in summary["stages"]:
+        print(f"| {row['stage']} | {row['status']} | {row['wall_s']} |")
+    for r in summary["evaluation"]:
+        print(f"{r['policy']}: {r['mean_reward']:.2f} +- {r['stderr']:.2f} over {r['episodes']} episodes")
+    print(f"total {summary['wall_s']:.0f} s; summary in {work_dir}/pipeline_summary.json")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
