@@ -37,10 +37,17 @@ def sum_of_squares(states, masks, rng=None):
     return score.argmax(-1)
 
 
+def random_valid_from_uniforms(masks, u):
+    """The floor(u * n_valid)-th valid action: uniform over the valid ones for u (n,) in [0, 1)."""
+    masks = np.asarray(masks).astype(bool)
+    n_valid = masks.sum(-1)
+    k = np.minimum((u * n_valid).astype(np.int64), n_valid - 1)
+    return (np.cumsum(masks, -1) > k[:, None]).argmax(-1)
+
+
 def random_valid(states, masks, rng):
     """Uniform over the valid actions."""
-    u = rng.random(masks.shape) * masks
-    return u.argmax(-1)
+    return random_valid_from_uniforms(masks, rng.random(len(masks)))
 
 
 POLICIES = {"best_fit": best_fit, "sum_of_squares": sum_of_squares, "random": random_valid}
