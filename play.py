@@ -76,7 +76,10 @@ class Game:
                 later = [lv for lv in levels if (lv - self.cursor) * step > 0]
                 self.cursor = (min(later) if step > 0 else max(later)) if later else levels[0 if step > 0 else -1]
         elif name == "space":
-            self.act(self.cursor) if self.cursor else self.act(-1)
+            if self.cursor:
+                self.act(self.cursor)
+            else:
+                self.message = "no level chosen: move the cursor with Left/Right first (not a valid choice)"
         elif name == "r" and self.done:
             self.restart()
         return True
