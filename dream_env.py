@@ -2,7 +2,8 @@
 
 Reset samples z from the first frames' encodings (initial_z.json); each step feeds (z, action)
 to M and samples the next z from its mixture at temperature tau, and returns M's predicted
-reward and next valid-action mask (probability > 0.5; opening a new bin is always valid).
+reward, and the valid actions M reads from the sampled next z (probability > 0.5; opening a
+new bin is always valid).
 The picture carries no clock, so a dream ends at the preset's horizon (or earlier if M's done
 head says so). `BatchDream` runs many dreams at once for CMA-ES; `BinPackingDream` is the gym
 view of one dream.
@@ -71,7 +72,7 @@ class BatchDream:
         self.h, self.c, out = self.rnn.step(self.z, actions, self.h, self.c)
         reward = np.where(self.done, 0.0, out["reward"])
         self.z = self.rnn.sample_next_z(out, self.temperature, self.rng)
-        self.mask = (out["mask_prob"] > 0.5).astype(np.uint8)
+        self.mask = (self.rnn.mask_prob(self.h, self.z) > 0.5).astype(np.uint8)
         self.mask[:, 0] = 1
         self.t += 1
         self.done = self.done | (out["done_prob"] > 0.5) | (self.t >= self.time_horizon)

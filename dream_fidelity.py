@@ -82,10 +82,10 @@ def dream(vae, rnn, episodes: list, temperature: float, rng: np.random.Generator
     for t in tqdm(range(T), desc="dreaming", unit="step", leave=False):
         h, c, out = rnn.step(z, actions[:, t], h, c)
         reward[:, t] = out["reward"]
-        mask = (out["mask_prob"] > 0.5).astype(np.uint8)
+        z = rnn.sample_next_z(out, temperature, rng)
+        mask = (rnn.mask_prob(h, z) > 0.5).astype(np.uint8)
         mask[:, 0] = 1
         head_mask[:, t] = mask
-        z = rnn.sample_next_z(out, temperature, rng)
         dream_z[:, t] = z
     return {"lengths": lengths, "dream_z": dream_z, "head_mask": head_mask, "reward": reward}
 

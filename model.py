@@ -113,6 +113,13 @@ def rollout_real(controller: Controller, params, vae, rnn, config, seeds, rng=No
     return total.reshape(P, E), steps * P * E
 
 
+def evaluate_real(controller, params, vae, rnn, config, episodes, seed, batch=500, progress=True):
+    """Total reward of each of `episodes` real episodes on the 'eval' seed stream (never trained on)."""
+    seeds = episode_seeds(seed, episodes, "eval")
+    return np.concatenate([rollout_real(controller, params, vae, rnn, config, seeds[i:i + batch],
+                                        progress=progress)[0][0] for i in range(0, episodes, batch)])
+
+
 def render(controller, params, vae, rnn, config, seed, fps=20, max_frames=None):
     """Play one real episode with the agent and show it in the pygame window."""
     from play import watch
@@ -143,7 +150,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (episodes from the 'eval' stream)")
     parser.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
     parser.add_argument("--time_horizon", type=int, default=None, help="override the preset's horizon")
-    parser.add_argument("--batch", type=int, default=100, help="episodes stepped together")
+    parser.add_argument("--batch", type=int, default=500, help="episodes stepped together (V encodes them in one call)")
     parser.add_argument("--vae", default=DEFAULT_VAE)
     parser.add_argument("--rnn", default=DEFAULT_RNN)
     args = parser.parse_args(argv)
@@ -165,10 +172,7 @@ def main(argv=None):
         return render(controller, params, vae, rnn, config, args.seed)
     from baselines import summarise
     start = time.time()
-    seeds = episode_seeds(args.seed, args.episodes, "eval")
-    totals = np.concatenate([rollout_real(controller, params, vae, rnn, config, seeds[i:i + args.batch],
-                                          progress=True)[0][0]
-                             for i in range(0, args.episodes, args.batch)])
+    totals = evaluate_real(controller, params, vae, rnn, config, args.episodes, args.seed, args.batch)
     result = summarise("world_model", args.preset, totals, wall_time_s=round(time.time() - start, 1))
     print(f"world model agent on {args.preset}: {result['mean_reward']:.2f} +- {result['stderr']:.2f} "
           f"over {args.episodes} episodes ({result['wall_time_s']} s)")

@@ -7,7 +7,11 @@ through an LSTM, predicts
 * the reward r_t of the action (regression on r_t / reward_scale, since the
   environment's rewards span roughly -29..+9),
 * whether the episode ends after the action (a Bernoulli logit),
-* which of the actions will be valid at step t+1 (one Bernoulli logit per action),
+* which of the actions will be valid at step t+1 (one Bernoulli logit per action).
+  The next mask depends on the next item, which is random, so this head reads the
+  next z as well as h: ``mask_prob(h_{t+1}, z_{t+1})``, a small MLP applied once
+  z_{t+1} has been sampled. Predicted from h alone, the mask could only be a blur
+  over the possible next items.
 
 so that a controller can be trained entirely inside M's "dream".
 
@@ -21,8 +25,8 @@ Two implementations share one set of weights:
 Saved file format (JSON, written atomically through ``path + ".tmp"``)::
 
     {
-      "format": "mdnrnn-v1",
-      "z_size": 32, "action_size": 30, "hidden_size": 256, "num_mixtures": 5,
+      "format": "mdnrnn-v2",
+      "z_size": 32, "action_size": 30, "hidden_size": 256, "num_mixtures": 5, "mask_hidden": 128,
       "learning_rate": 0.001, "grad_clip": 1.0, "reward_scale": 10.0,
       "z_weight": 1.0, "reward_weight": 1.0, "done_weight": 1.0, "mask_weight": 1.0,
       "weights": [
@@ -44,23 +48,23 @@ import os
 
 import numpy as np
 
-FORMAT = "mdnrnn-v1"
+FORMAT = "mdnrnn-v2"
 _SAVED_DTYPE = np.dtype("<f4")
 _HPARAM_DEFAULTS = {
-    "z_size": 32, "action_size": 30, "hidden_size": 256, "num_mixtures": 5,
+    "z_size": 32, "action_size": 30, "hidden_size": 256, "num_mixtures": 5, "mask_hidden": 128,
     "learning_rate": 1e-3, "grad_clip": 1.0, "reward_scale": 10.0,
     "z_weight": 1.0, "reward_weight": 1.0, "done_weight": 1.0, "mask_weight": 1.0,
 }
-_INT_HPARAMS = ("z_size", "action_size", "hidden_size", "num_mixtures")
-# Output heads on top of the LSTM, in the order their weights are stored.
-_HEADS = ("mdn_logit", "mdn_mu", "mdn_logsigma", "reward", "done", "mask")
+_INT_HPARAMS = ("z_size", "action_size", "hidden_size", "num_mixtures", "mask_hidden")
+# Output heads on top of the LSTM, in the order their weights are stored; the mask
+# head (mask_hidden, then mask) follows them and reads [h, next z].
+_HEADS = ("mdn_logit", "mdn_mu", "mdn_logsigma", "reward", "done")
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
 
 
 def _head_sizes(hp):
     mdn = hp["z_size"] * hp["num_mixtures"]
-    return {"mdn_logit": mdn, "mdn_mu": mdn, "mdn_logsigma": mdn,
-            "reward": 1, "done": 1, "mask": hp["action_size"]}
+    return {"mdn_logit": mdn, "mdn_mu": mdn, "mdn_logsigma": mdn, "reward": 1, "done": 1}
 
 
 def weight_shapes(hp):
@@ -72,6 +76,10 @@ def weight_shapes(hp):
     for head, size in _head_sizes(hp).items():
         shapes[f"{head}/kernel"] = (hidden, size)
         shapes[f"{head}/bias"] = (size,)
+    shapes["mask_hidden/kernel"] = (hidden + hp["z_size"], hp["mask_hidden"])
+    shapes["mask_hidden/bias"] = (hp["mask_hidden"],)
+    shapes["mask/kernel"] = (hp["mask_hidden"], hp["action_size"])
+    shapes["mask/bias"] = (hp["action_size"],)
     return shapes
 
 
@@ -145,7 +153,7 @@ class MDNRNN:
     LSTM state), so that it cannot change the predictions for real steps.
     """
 
-    def __init__(self, z_size=32, action_size=30, hidden_size=256, num_mixtures=5,
+    def __init__(self, z_size=32, action_size=30, hidden_size=256, num_mixtures=5, mask_hidden=128,
                  learning_rate=1e-3, grad_clip=1.0, reward_scale=10.0,
                  z_weight=1.0, reward_weight=1.0, done_weight=1.0, mask_weight=1.0, seed=0):
         import keras
@@ -153,14 +161,15 @@ class MDNRNN:
 
         self.hp = {"z_size": int(z_size), "action_size": int(action_size),
                    "hidden_size": int(hidden_size), "num_mixtures": int(num_mixtures),
-                   "learning_rate": float(learning_rate), "grad_clip": float(grad_clip),
+                   "mask_hidden": int(mask_hidden), "learning_rate": float(learning_rate), "grad_clip": float(grad_clip),
                    "reward_scale": float(reward_scale), "z_weight": float(z_weight),
                    "reward_weight": float(reward_weight), "done_weight": float(done_weight),
                    "mask_weight": float(mask_weight)}
         self.reward_scale = self.hp["reward_scale"]
         # One independent seed per initializer: the initial weights depend on `seed` only.
-        seeds = iter(int(s) for s in np.random.SeedSequence(seed).generate_state(2 + len(_HEADS)))
+        seeds = iter(int(s) for s in np.random.SeedSequence(seed).generate_state(4 + len(_HEADS)))
         inputs = keras.Input((None, self.hp["z_size"] + self.hp["action_size"]))
+        next_z = keras.Input((None, self.hp["z_size"]))
         hidden = keras.layers.LSTM(
             self.hp["hidden_size"], return_sequences=True, name="lstm",
             kernel_initializer=keras.initializers.GlorotUniform(next(seeds)),
@@ -169,8 +178,15 @@ class MDNRNN:
         outputs = [keras.layers.Dense(size, name=head,
                                       kernel_initializer=keras.initializers.GlorotUniform(next(seeds)))(hidden)
                    for head, size in _head_sizes(self.hp).items()]
-        self.model = keras.Model(inputs, outputs, name="mdnrnn")
-        self._variables = self.model.trainable_variables
+        mask_hidden = keras.layers.Dense(self.hp["mask_hidden"], activation="relu", name="mask_hidden",
+                                         kernel_initializer=keras.initializers.GlorotUniform(next(seeds)))(
+            keras.layers.Concatenate()([hidden, next_z]))
+        outputs.append(keras.layers.Dense(self.hp["action_size"], name="mask",
+                                          kernel_initializer=keras.initializers.GlorotUniform(next(seeds)))(mask_hidden))
+        self.model = keras.Model([inputs, next_z], outputs, name="mdnrnn")
+        # Stored in weight_shapes' order, whatever order Keras lists its layers in.
+        by_path = {v.path.replace("lstm_cell/", "").split("mdnrnn/")[-1]: v for v in self.model.trainable_variables}
+        self._variables = [by_path[name] for name in weight_shapes(self.hp)]
         actual = [tuple(v.shape) for v in self._variables]
         assert actual == list(weight_shapes(self.hp).values()), actual
 
@@ -179,7 +195,7 @@ class MDNRNN:
         z_spec = tf.TensorSpec((None, None, self.hp["z_size"]), tf.float32)
         steps_spec = tf.TensorSpec((None, None), tf.float32)
         actions_spec = tf.TensorSpec((None, None), tf.int32)
-        self._forward_tf = tf.function(self._forward, input_signature=[z_spec, actions_spec])
+        self._forward_tf = tf.function(self._forward, input_signature=[z_spec, actions_spec, z_spec])
         self._train_step_tf = tf.function(self._train_step, input_signature=[
             z_spec, actions_spec, steps_spec, steps_spec,
             tf.TensorSpec((None, None, self.hp["action_size"]), tf.float32), z_spec, steps_spec])
@@ -188,12 +204,12 @@ class MDNRNN:
     def num_params(self):
         return int(sum(np.prod(v.shape) for v in self._variables))
 
-    def _forward(self, z, actions, training=False):
+    def _forward(self, z, actions, next_z, training=False):
         """Raw head outputs; MDN ones reshaped to (batch, seq_len, z_size, num_mixtures)."""
         import tensorflow as tf
 
         x = tf.concat([z, tf.one_hot(actions, self.hp["action_size"])], axis=-1)
-        logit, mu, logsigma, reward, done, mask = self.model(x, training=training)
+        logit, mu, logsigma, reward, done, mask = self.model([x, next_z], training=training)
         mdn_shape = tf.concat([tf.shape(z), [self.hp["num_mixtures"]]], axis=0)
         logmix = tf.reshape(logit, mdn_shape)
         logmix -= tf.reduce_logsumexp(logmix, axis=-1, keepdims=True)
@@ -205,7 +221,7 @@ class MDNRNN:
 
         hp = self.hp
         with tf.GradientTape() as tape:
-            logmix, mu, logsigma, reward, done_logit, mask_logit = self._forward(z, actions, training=True)
+            logmix, mu, logsigma, reward, done_logit, mask_logit = self._forward(z, actions, next_z, training=True)
             n_steps = tf.maximum(tf.reduce_sum(weights_mask), 1.0)
             # Negative log-likelihood of z_{t+1}, averaged over latent dimensions and steps.
             y = next_z[..., None]
@@ -240,13 +256,15 @@ class MDNRNN:
             np.asarray(next_z, np.float32), np.asarray(weights_mask, np.float32))
         return {name: float(value) for name, value in losses.items()}
 
-    def predict(self, z, actions):
+    def predict(self, z, actions, next_z):
         """M's predictions for whole sequences from a zero state, as numpy arrays.
 
-        Same keys as ``RNNNumpy.step``'s output, with a time axis after the batch axis.
+        Same keys as ``RNNNumpy.step``'s output plus "mask_prob" (read with the given
+        next_z), with a time axis after the batch axis.
         """
         logmix, mu, logsigma, reward, done_logit, mask_logit = (
-            t.numpy() for t in self._forward_tf(np.asarray(z, np.float32), np.asarray(actions, np.int32)))
+            t.numpy() for t in self._forward_tf(np.asarray(z, np.float32), np.asarray(actions, np.int32),
+                                                np.asarray(next_z, np.float32)))
         return {"logmix": logmix, "mu": mu, "logsigma": logsigma,
                 "reward": reward * self.reward_scale,
                 "done_prob": _sigmoid(done_logit), "mask_prob": _sigmoid(mask_logit)}
@@ -301,6 +319,8 @@ class RNNNumpy:
         self._heads_kernel = np.concatenate([w[f"{head}/kernel"] for head in _HEADS], axis=1)
         self._heads_bias = np.concatenate([w[f"{head}/bias"] for head in _HEADS])
         self._head_ends = np.cumsum(list(_head_sizes(hp).values()))[:-1]
+        self._mask_hidden_kernel, self._mask_hidden_bias = w["mask_hidden/kernel"], w["mask_hidden/bias"]
+        self._mask_kernel, self._mask_bias = w["mask/kernel"], w["mask/bias"]
 
     @classmethod
     def from_json(cls, path):
@@ -320,8 +340,8 @@ class RNNNumpy:
 
         z: (n, z_size); a: int actions (n,); h, c: (n, hidden_size).
         Returns (h_new, c_new, out) with out = {"logmix", "mu", "logsigma": (n, z_size,
-        num_mixtures); "reward": (n,) in env units; "done_prob": (n,); "mask_prob":
-        (n, action_size) for the actions valid at the next step}.
+        num_mixtures); "reward": (n,) in env units; "done_prob": (n,)}. The next step's
+        valid actions come from ``mask_prob(h_new, z_next)`` once z_next is sampled.
         """
         gates = (np.asarray(z, np.float32) @ self._kernel_z + self._kernel_a[np.asarray(a)]
                  + h @ self._recurrent)
@@ -331,14 +351,20 @@ class RNNNumpy:
         c_new = c_new.astype(np.float32)
 
         heads = h_new @ self._heads_kernel + self._heads_bias
-        logit, mu, logsigma, reward, done, mask = np.split(heads, self._head_ends, axis=1)
+        logit, mu, logsigma, reward, done = np.split(heads, self._head_ends, axis=1)
         mdn_shape = (len(heads), self.z_size, self.num_mixtures)
         logit = logit.reshape(mdn_shape)
         logmix = logit - _logsumexp(logit)
         return h_new, c_new, {"logmix": logmix, "mu": mu.reshape(mdn_shape),
                               "logsigma": logsigma.reshape(mdn_shape),
                               "reward": reward[:, 0] * self.reward_scale,
-                              "done_prob": _sigmoid(done[:, 0]), "mask_prob": _sigmoid(mask)}
+                              "done_prob": _sigmoid(done[:, 0])}
+
+    def mask_prob(self, h, z_next):
+        """Probability (n, action_size) that each action is valid in the step showing z_next."""
+        x = np.concatenate([h, np.asarray(z_next, np.float32)], axis=1)
+        hidden = np.maximum(x @ self._mask_hidden_kernel + self._mask_hidden_bias, 0.0)
+        return _sigmoid(hidden @ self._mask_kernel + self._mask_bias)
 
     @staticmethod
     def sample_next_z(out, temperature, rng):

@@ -38,18 +38,20 @@ def saved(model, tmp_path_factory):
 
 
 def test_parameter_count(model):
-    assert model.num_params == 458_240
+    assert model.num_params == 458_240 - 256 * 30 + (256 + 32) * 128 + 128 + 128 * 30
     assert [tuple(v.shape) for v in model.get_weights().values()] == list(weight_shapes(model.hp).values())
 
 
 def test_numpy_step_matches_tensorflow(model, sequences):
     z, actions = sequences
-    expected = model.predict(z, actions)
+    next_z = np.roll(z, -1, axis=1)
+    expected = model.predict(z, actions, next_z)
     rnn = RNNNumpy.from_model(model)
     h, c = rnn.initial_state(BATCH)
     assert h.shape == c.shape == (BATCH, 256) and h.dtype == np.float32
     for t in range(STEPS):
         h, c, out = rnn.step(z[:, t], actions[:, t], h, c)
+        out["mask_prob"] = rnn.mask_prob(h, next_z[:, t])
         assert set(out) == set(expected)
         for key, values in out.items():
             np.testing.assert_allclose(values, expected[key][:, t], atol=1e-4, err_msg=key)
@@ -100,7 +102,7 @@ def test_bad_files_raise_clear_errors(saved, tmp_path):
         RNNNumpy.from_json(truncated)
 
     wrong_tag = _rewrite(saved, tmp_path / "tag.json", lambda d: d.update(format="convvae-v1"))
-    with pytest.raises(ValueError, match="format is 'convvae-v1', expected 'mdnrnn-v1'"):
+    with pytest.raises(ValueError, match="format is 'convvae-v1', expected 'mdnrnn-v2'"):
         MDNRNN.from_json(wrong_tag)
 
     missing = _rewrite(saved, tmp_path / "missing.json", lambda d: d.pop("reward_scale"))
