@@ -304,6 +304,7 @@ def write_episode_npz(record_dir: str, episode: Mapping[str, np.ndarray], name: 
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **{k: np.asarray(episode[k]) for k in RECORD_KEYS})
+        os.chmod(tmp, 0o644)                   # mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -77,6 +77,7 @@ def write_json_atomic(path, obj):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, separators=(",", ":"))
+    os.chmod(tmp, 0o644)                       # mkstemp makes it private
     os.replace(tmp, path)
 
 
@@ -84,6 +85,7 @@ def write_pickle_atomic(path, obj):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         pickle.dump(obj, f)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
