@@ -27,13 +27,13 @@ SCALES = {
     "tiny": dict(rollouts=[(6, 0.3)], horizon=30, vae_epochs=1, frames_per_episode=10, vae_lr=1e-3,
                  rnn_steps=20, seq_len=10, popsize=4, num_episode=2, generations=2, dream_horizon=10,
                  eval_steps=2, eval_episodes=2, eval_horizon=30, workers=1, final_episodes=3, fidelity_episodes=2),
-    "small": dict(rollouts=[(300, 0.2), (200, 0.5)], horizon=None, vae_epochs=16, frames_per_episode=50,
-                  vae_lr=5e-4, rnn_steps=2000, seq_len=100, popsize=64, num_episode=16, generations=60,
-                  dream_horizon=200, eval_steps=20, eval_episodes=50, eval_horizon=None, workers=1,
-                  final_episodes=200, fidelity_episodes=20),
+    "small": dict(rollouts=[(300, 0.2), (200, 0.5)], horizon=None, vae_epochs=26, frames_per_episode=50,
+                  vae_lr=5e-4, rnn_steps=2500, seq_len=100, popsize=64, num_episode=16, generations=14,
+                  dream_horizon=None, eval_steps=2, eval_episodes=40, eval_horizon=None, workers=1,
+                  final_episodes=1000, fidelity_episodes=20),
     "paper": dict(rollouts=[(6000, 0.2), (4000, 0.5)], horizon=None, vae_epochs=10, frames_per_episode=0,
                   vae_lr=1e-4, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16, generations=1000,
-                  dream_horizon=1000, eval_steps=25, eval_episodes=1024, eval_horizon=None, workers=64,
+                  dream_horizon=None, eval_steps=25, eval_episodes=1024, eval_horizon=None, workers=64,
                   final_episodes=1000, fidelity_episodes=100),
 }
 
@@ -48,6 +48,7 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                 for k, (n, eps) in enumerate(s["rollouts"])]
     best = j("log", f"binpacking.cma.{s['num_episode']}.{s['popsize']}.best.json")
     eval_horizon = ["--eval_horizon", str(s["eval_horizon"])] if s["eval_horizon"] else []
+    dream_horizon = ["--time_horizon", str(s["dream_horizon"])] if s["dream_horizon"] else []
     return [
         dict(name="rollouts", commands=rollouts, inputs=[], outputs=[j("record")]),
         dict(name="vae", commands=[[py, "vae_train.py", "--record_dir", j("record"), "--out_dir", j("tf_vae"),
@@ -75,8 +76,8 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
         dict(name="controller", commands=[[py, "train.py", "--vae", j("vae", "vae.json"), "--rnn", j("rnn", "rnn.json"),
                                            "--initial_z", j("initial_z", "initial_z.json"), "--log_dir", j("log"),
                                            "--popsize", str(s["popsize"]), "--num_episode", str(s["num_episode"]),
-                                           "--generations", str(s["generations"]), "--time_horizon",
-                                           str(s["dream_horizon"]), "--eval_steps", str(s["eval_steps"]),
+                                           "--generations", str(s["generations"]), *dream_horizon,
+                                           "--eval_steps", str(s["eval_steps"]),
                                            "--eval_episodes", str(s["eval_episodes"]), "--num_worker",
                                            str(s["workers"]), "--seed", str(seed), *eval_horizon]],
              inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")], outputs=[best]),

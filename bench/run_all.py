@@ -1,0 +1,115 @@
+"""Every benchmark of the project in one command: python bench/run_all.py (or make bench).
+
+Runs bench_env.py, bench_rollouts.py and bench_dream.py as they are, measures V's training
+frames/s and peak memory, series encoding frames/s and M's training steps/s on small
+synthetic batches here, and collects the stage timings and final rewards that the training
+runs recorded (runs/small/*, results/evaluation.json) when they exist. Writes
+bench/results.json and bench/results.md (the table the README quotes).
+"""
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+
+def run_script(name):
+    subprocess.run([sys.executable, os.path.join(HERE, name)], cwd=ROOT, check=True)
+    with open(os.path.join(HERE, name.replace("bench_", "results_").replace(".py", ".json"))) as f:
+        return json.load(f)
+
+
+def model_speeds():
+    """V training and encoding, M training, on batches of real pictures."""
+    import numpy as np
+
+    import baselines
+    from bin_packing_environment import BatchBinPacking, episode_seeds
+    from rnn.rnn import MDNRNN
+    from vae.vae import ConvVAE
+
+    env = BatchBinPacking("perfect_pack", 100, pictures=True)
+    obs = env.reset(episode_seeds(0, 100))
+    for _ in range(300):
+        obs, *_ = env.step(baselines.best_fit(obs["state"], obs["action_mask"]))
+    frames = obs["picture"]
+    vae = ConvVAE(seed=0)
+    vae.train_step(frames)
+    start = time.perf_counter()
+    for _ in range(10):
+        vae.train_step(frames)
+    vae_fps = 10 * len(frames) / (time.perf_counter() - start)
+    big = np.repeat(frames, 10, axis=0)
+    vae.encode_mu_logvar(big[:100])
+    start = time.perf_counter()
+    vae.encode_mu_logvar(big)
+    encode_fps = len(big) / (time.perf_counter() - start)
+    rnn = MDNRNN(seed=0)
+    rng = np.random.default_rng(0)
+    batch = (rng.normal(size=(100, 100, 32)), rng.integers(30, size=(100, 100)), rng.normal(size=(100, 100)),
+             np.zeros((100, 100)), np.ones((100, 100, 30)), rng.normal(size=(100, 100, 32)), np.ones((100, 100)))
+    rnn.train_step(*batch)
+    start = time.perf_counter()
+    for _ in range(5):
+        rnn.train_step(*batch)
+    rnn_sps = 5 / (time.perf_counter() - start)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"vae_train_frames_per_s": round(vae_fps), "vae_encode_frames_per_s": round(encode_fps),
+            "rnn_train_steps_per_s (batch 100 x 100 steps)": round(rnn_sps, 2),
+            "peak_memory_mb (this process: V and M training)": round(peak_mb)}
+
+
+def recorded_runs():
+    """What the real training runs wrote down, if they are on this machine."""
+    out = {}
+    for key, path in (("vae_report", "runs/small/tf_vae/vae_report.json"),
+                      ("rnn_report", "runs/small/tf_rnn/rnn_report.json"),
+                      ("pipeline_small", "runs/small/pipeline_summary.json"),
+                      ("evaluation", "results/evaluation.json")):
+        full = os.path.join(ROOT, path)
+        if os.path.exists(full):
+            with open(full) as f:
+                out[key] = json.load(f)
+    return out
+
+
+def main():
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+               "environment": run_script("bench_env.py"),
+               "rollouts": run_script("bench_rollouts.py"),
+               "dream": run_script("bench_dream.py"),
+               "models": model_speeds(),
+               "recorded": recorded_runs()}
+    with open(os.path.join(HERE, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    env, dream, models = results["environment"], results["dream"], results["models"]
+    rows = [("single gym env with pictures, steps/s", env["single_env_pictures_steps_per_s"]),
+            ("batch env with pictures, steps/s (ratio)",
+             f"{env['batch_pictures_steps_per_s']:,} ({env['ratio_batch_pictures']}x)"),
+            ("batch env without pictures, steps/s (ratio)",
+             f"{env['batch_no_pictures_steps_per_s']:,} ({env['ratio_batch_no_pictures']}x)")]
+    rows += [(f"{r['what']}, episodes/s", r["episodes_per_s"]) for r in results["rollouts"]["rollouts"]]
+    rows += [("Rainbow training steps/s", results["rollouts"]["rainbow_training"]["steps_per_s"])]
+    rows += [(k, v) for k, v in models.items()]
+    rows += [(f"dream steps/s, {dream['popsize']}x{dream['num_episode']} batched", dream["batched_dream_steps_per_s"]),
+             (f"CMA-ES generation in the dream, {dream['horizon']} steps: batched vs one at a time (s)",
+              f"{dream['batched_generation_s']} vs {dream['one_at_a_time_generation_s']} ({dream['speedup']}x)")]
+    pipeline = results["recorded"].get("pipeline_small")
+    if pipeline:
+        rows.append(("whole pipeline at SCALE=small, s", pipeline["wall_s"]))
+    for r in results["recorded"].get("evaluation", []):
+        rows.append((f"final reward, {r['policy']} ({r['episodes']} episodes)", f"{r['mean_reward']} +- {r['stderr']}"))
+    table = "| measure | value |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    with open(os.path.join(HERE, "results.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
