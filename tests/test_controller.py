@@ -162,3 +162,27 @@ def test_notebook_runs_headless_on_a_tiny_log(models, tmp_path):
     images = [o for c in out["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert len(images) == 2
+
+
+def test_render_plays_one_episode_in_the_window(models):
+    from model import load_rnn, load_vae, render
+    rnn, vae = load_rnn(models["rnn"]), load_vae(models["vae"])
+    c = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    params = np.zeros(c.num_params)
+    params[-30:] = np.arange(30)
+    out = render(c, params, vae, rnn, SHORT, seed=0, fps=1000, max_frames=3)
+    assert out["steps"] == 25 and out["total_reward"] == baselines.evaluate_policy(
+        baselines.best_fit, SHORT, 1, seed=0)[0]
+
+
+def test_keyboard_play_in_the_dream(models):
+    import play
+    from dream_env import BinPackingDream
+    game = play.Game(BinPackingDream(models["rnn"], models["initial_z"], models["vae"], time_horizon=4), seed=0)
+    assert game.state.shape == (31,)                   # read from V's picture of the dreamed z
+    game.key("n")
+    assert game.steps == 1
+    valid = bool(game.mask[29])
+    game.key("2"), game.key("9"), game.key("return")    # refused unless M says level 29 is valid
+    assert game.steps == 1 + valid
+    assert valid or "not a valid" in game.message
