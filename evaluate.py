@@ -23,7 +23,9 @@ def bar_chart(rows, path):
     means = [r["mean_reward"] for r in rows]
     ax.barh(names, means, xerr=[1.96 * r["stderr"] for r in rows], color="#4a90c2")
     for y, m in enumerate(means):
-        ax.text(m, y, f" {m:.1f}", va="center", ha="right" if m < 0 else "left", color="white" if m < -60 else "black")
+        inside = m < -60                     # long bars carry their value inside, short ones beside
+        ax.text(m, y, f"  {m:.1f}" if inside else f"{m:.1f}  ", va="center", ha="left" if inside else "right",
+                color="white" if inside else "black")
     ax.set_xlabel("mean total reward per episode (= minus final waste); bars: 95% interval")
     ax.set_title(f"{rows[0]['preset']}, {rows[0]['episodes']} episodes each")
     fig.tight_layout()
