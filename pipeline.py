@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from stages_common import atomic_write_json
+
 # What each scale runs. tiny: CI smoke test (minutes); small: a 2-core machine in about an
 # hour; paper: the original's scale for a big machine.
 SCALES = {
@@ -119,12 +121,8 @@ def run_stage(stage: dict, stamp_path: str, force: bool) -> tuple[str, float]:
             print(proc.stdout, end="")
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     if stage.get("capture"):
-        with open(stage["capture"] + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(stage["capture"] + ".tmp", stage["capture"])
-    with open(stamp_path + ".tmp", "w") as f:
-        json.dump({"key": key}, f)
-    os.replace(stamp_path + ".tmp", stamp_path)
+        atomic_write_json(stage["capture"], results, indent=1)
+    atomic_write_json(stamp_path, {"key": key})
     return "ran", time.time() - start
 
 
@@ -156,8 +154,7 @@ def main(argv=None):
     summary["wall_s"] = round(time.time() - total, 1)
     with open(os.path.join(work_dir, "evaluation.json")) as f:
         summary["evaluation"] = json.load(f)
-    with open(os.path.join(work_dir, "pipeline_summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    atomic_write_json(os.path.join(work_dir, "pipeline_summary.json"), summary, indent=1)
     print("\n| stage | status | wall s |\n| --- | --- | --- |")
     for row in summary["stages"]:
         print(f"| {row['stage']} | {row['status']} | {row['wall_s']} |")

@@ -56,6 +56,11 @@ def atomic_write_json(path: str, obj, indent=None):
     _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent).encode()))
 
 
+def atomic_write_pickle(path: str, obj):
+    import pickle
+    _atomic_write(path, lambda f: pickle.dump(obj, f))
+
+
 def atomic_write_npz(path: str, **arrays):
     """Uncompressed npz (fast to load; float16 latents barely compress), written atomically."""
     _atomic_write(path, lambda f: np.savez(f, **arrays))

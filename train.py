@@ -25,13 +25,13 @@ import os
 import pickle
 import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from bin_packing_environment import PRESETS, episode_seeds, make_config
 from model import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
+from stages_common import atomic_write_json, atomic_write_pickle
 
 
 def parse_args(argv=None):
@@ -72,22 +72,6 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------- files
-
-def write_json_atomic(path, obj):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, separators=(",", ":"))
-    os.chmod(tmp, 0o644)                       # mkstemp makes it private
-    os.replace(tmp, path)
-
-
-def write_pickle_atomic(path, obj):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        pickle.dump(obj, f)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
 
 def log_paths(args):
     base = os.path.join(args.log_dir, f"binpacking.cma.{args.num_episode}.{args.popsize}")
@@ -231,15 +215,15 @@ def train(args, workers: Workers):
             state["real_steps"] += steps
             if real_mean > state["best_reward"]:
                 state["best_reward"], state["best"] = real_mean, mean_params.round(4).tolist()
-                write_json_atomic(paths["best"], [state["best"], real_mean])
+                atomic_write_json(paths["best"], [state["best"], real_mean])
             state["hist_best"].append([generation, round(state["wall_s"], 1), real_mean, real_se,
                                        state["best_reward"], state["real_steps"]])
             bar.write(f"generation {generation}: real reward of the mean {real_mean:.2f} +- {real_se:.2f} "
                       f"(best {state['best_reward']:.2f})")
-        write_json_atomic(paths["params"], [mean_params.round(4).tolist(), generation])
-        write_json_atomic(paths["hist"], state["hist"])
-        write_json_atomic(paths["hist_best"], state["hist_best"])
-        write_pickle_atomic(paths["es"], state)
+        atomic_write_json(paths["params"], [mean_params.round(4).tolist(), generation])
+        atomic_write_json(paths["hist"], state["hist"])
+        atomic_write_json(paths["hist_best"], state["hist_best"])
+        atomic_write_pickle(paths["es"], state)
         bar.set_postfix(mean=f"{fitness.mean():.1f}", best=f"{fitness.max():.1f}", sigma=f"{es.sigma:.3f}")
         bar.update(1)
     if workers.rank == 0:
