@@ -41,12 +41,9 @@ order, so a save/load round trip is exact.  The weights, in order, are given by
 optimizer state is not saved.
 """
 
-import base64
-import binascii
-import json
-import os
-
 import numpy as np
+
+import weights_json
 
 FORMAT = "mdnrnn-v2"
 _SAVED_DTYPE = np.dtype("<f4")
@@ -83,65 +80,18 @@ def weight_shapes(hp):
     return shapes
 
 
-def _require(mapping, key, where):
-    if not isinstance(mapping, dict) or key not in mapping:
-        raise ValueError(f"{where}: missing key {key!r}")
-    return mapping[key]
-
-
-def _write_json(path, hp, weights):
-    document = {"format": FORMAT, **hp, "weights": [
-        {"name": name, "shape": list(values.shape),
-         "data": base64.b64encode(np.ascontiguousarray(values, _SAVED_DTYPE).tobytes()).decode("ascii")}
-        for name, values in weights.items()]}
-    tmp = str(path) + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(document, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def read_json(path):
     """Hyper-parameters and weights {name: float32 array} from a saved M file.
 
     Raises ValueError naming the problem for a truncated file, a wrong format tag,
     a missing key or a weight of the wrong shape or size.
     """
-    try:
-        with open(path) as f:
-            document = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (truncated or corrupt file?): {e}") from None
-    tag = _require(document, "format", path)
-    if tag != FORMAT:
-        raise ValueError(f"{path}: format is {tag!r}, expected {FORMAT!r}")
-    hp = {key: _require(document, key, path) for key in _HPARAM_DEFAULTS}
+    document = weights_json.read_document(path, FORMAT)
+    hp = {key: weights_json.require(document, key, path) for key in _HPARAM_DEFAULTS}
     for key in _INT_HPARAMS:
         if not isinstance(hp[key], int) or hp[key] < 1:
             raise ValueError(f"{path}: {key} must be a positive integer, got {hp[key]!r}")
-    shapes = weight_shapes(hp)
-    entries = _require(document, "weights", path)
-    if not isinstance(entries, list) or len(entries) != len(shapes):
-        raise ValueError(f"{path}: expected a list of {len(shapes)} weights")
-    weights = {}
-    for (name, shape), entry in zip(shapes.items(), entries):
-        where = f"{path}: weight {name!r}"
-        found = _require(entry, "name", where)
-        if found != name:
-            raise ValueError(f"{where}: found name {found!r} in its place")
-        stored_shape = _require(entry, "shape", where)
-        if list(stored_shape) != list(shape):
-            raise ValueError(f"{where}: shape mismatch, file has {stored_shape}, expected {list(shape)}")
-        try:
-            raw = base64.b64decode(_require(entry, "data", where), validate=True)
-        except (binascii.Error, TypeError) as e:
-            raise ValueError(f"{where}: data is not valid base64: {e}") from None
-        expected_bytes = int(np.prod(shape)) * _SAVED_DTYPE.itemsize
-        if len(raw) != expected_bytes:
-            raise ValueError(f"{where}: data has {len(raw)} bytes, expected {expected_bytes}")
-        weights[name] = np.frombuffer(raw, _SAVED_DTYPE).astype(np.float32).reshape(shape)
-    return hp, weights
+    return hp, weights_json.read_weights(document, path, weight_shapes(hp), _SAVED_DTYPE)
 
 
 class MDNRNN:
@@ -286,7 +236,7 @@ class MDNRNN:
 
     def save_json(self, path):
         """Write the model to `path` in the format of the module docstring."""
-        _write_json(path, self.hp, self.get_weights())
+        weights_json.write(path, FORMAT, self.hp, self.get_weights(), _SAVED_DTYPE)
 
     @classmethod
     def from_json(cls, path):

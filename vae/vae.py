@@ -27,14 +27,12 @@ in memory when a script must keep using exactly what a later load would give.
 The optimizer state is not saved.
 """
 
-import base64
-import binascii
-import json
-import os
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+import weights_json
 
 FORMAT = "convvae-v1"
 PICTURE_SHAPE = (64, 64, 3)
@@ -50,12 +48,6 @@ def _as_float_frames(frames):
     if frames.dtype == np.uint8:
         return frames.astype(np.float32) / 255.0
     return frames.astype(np.float32)
-
-
-def _require(mapping, key, where):
-    if not isinstance(mapping, dict) or key not in mapping:
-        raise ValueError(f"{where}: missing key {key!r}")
-    return mapping[key]
 
 
 class ConvVAE:
@@ -193,57 +185,22 @@ class ConvVAE:
 
     def save_json(self, path):
         """Write the model to `path` in the format of the module docstring."""
-        weights = []
-        for v in self._variables:
-            values = v.numpy().astype(_SAVED_DTYPE)
-            if not np.all(np.isfinite(values)):
-                raise ValueError(f"weight {v.path!r} does not fit in float16")
-            weights.append({"name": v.path, "shape": list(v.shape),
-                            "data": base64.b64encode(values.tobytes()).decode("ascii")})
-        document = {"format": FORMAT, "z_size": self.z_size, "picture_shape": list(PICTURE_SHAPE),
-                    "kl_tolerance": self.kl_tolerance, "learning_rate": self.learning_rate,
-                    "weights": weights}
-        tmp = str(path) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(document, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        weights_json.write(path, FORMAT, {"z_size": self.z_size, "picture_shape": list(PICTURE_SHAPE),
+                                          "kl_tolerance": self.kl_tolerance, "learning_rate": self.learning_rate},
+                           {v.path: v.numpy() for v in self._variables}, _SAVED_DTYPE)
 
     @classmethod
     def from_json(cls, path):
         """Load a model written by save_json; raises ValueError naming what is wrong."""
-        try:
-            with open(path) as f:
-                document = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON (truncated or corrupt file?): {e}") from None
-        tag = _require(document, "format", path)
-        if tag != FORMAT:
-            raise ValueError(f"{path}: format is {tag!r}, expected {FORMAT!r}")
-        picture_shape = _require(document, "picture_shape", path)
+        document = weights_json.read_document(path, FORMAT)
+        picture_shape = weights_json.require(document, "picture_shape", path)
         if list(picture_shape) != list(PICTURE_SHAPE):
             raise ValueError(f"{path}: picture_shape is {picture_shape}, expected {list(PICTURE_SHAPE)}")
-        model = cls(z_size=_require(document, "z_size", path),
-                    kl_tolerance=_require(document, "kl_tolerance", path),
-                    learning_rate=_require(document, "learning_rate", path))
-        entries = _require(document, "weights", path)
-        if not isinstance(entries, list) or len(entries) != len(model._variables):
-            raise ValueError(f"{path}: expected a list of {len(model._variables)} weights")
-        for v, entry in zip(model._variables, entries):
-            where = f"{path}: weight {v.path!r}"
-            name = _require(entry, "name", where)
-            if name != v.path:
-                raise ValueError(f"{where}: found name {name!r} in its place")
-            shape = _require(entry, "shape", where)
-            if list(shape) != list(v.shape):
-                raise ValueError(f"{where}: shape mismatch, file has {shape}, model has {list(v.shape)}")
-            try:
-                raw = base64.b64decode(_require(entry, "data", where), validate=True)
-            except (binascii.Error, TypeError) as e:
-                raise ValueError(f"{where}: data is not valid base64: {e}") from None
-            expected_bytes = int(np.prod(v.shape)) * _SAVED_DTYPE.itemsize
-            if len(raw) != expected_bytes:
-                raise ValueError(f"{where}: data has {len(raw)} bytes, expected {expected_bytes}")
-            v.assign(np.frombuffer(raw, _SAVED_DTYPE).astype(np.float32).reshape(v.shape))
+        model = cls(z_size=weights_json.require(document, "z_size", path),
+                    kl_tolerance=weights_json.require(document, "kl_tolerance", path),
+                    learning_rate=weights_json.require(document, "learning_rate", path))
+        shapes = {v.path: tuple(v.shape) for v in model._variables}
+        weights = weights_json.read_weights(document, path, shapes, _SAVED_DTYPE)
+        for v, values in zip(model._variables, weights.values()):
+            v.assign(values)
         return model
