@@ -40,7 +40,8 @@ import numpy as np
 from tqdm import tqdm
 
 from stages_common import (atomic_write_json, atomic_write_npz, fail, holdout_mask, non_negative_int,
-                           parse_fraction, positive_float, positive_int, require_file, sha256_file)
+                           parse_fraction, positive_float, positive_int, read_checkpoint, require_file,
+                           restore_optimizer, sha256_file)
 
 CHECKPOINT = os.path.join("checkpoint", "rnn_checkpoint.npz")
 SERIES_KEYS = ("mu", "logvar", "action", "reward", "done", "action_mask", "episode_lengths",
@@ -218,23 +219,10 @@ def save_checkpoint(path, model, step, meta, history):
 
 
 def load_checkpoint(path, model, meta):
-    try:
-        with np.load(path) as ck:
-            data = {k: ck[k] for k in ck.files}
-    except Exception as e:
-        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
-                         "delete it or pass --restart") from None
-    saved = json.loads(str(data["meta"]))
-    diff = [f"--{k} {saved.get(k)} (now {meta[k]})" for k in meta if saved.get(k) != meta[k]]
-    if diff:
-        raise ValueError(f"checkpoint {path} was made with {', '.join(diff)}; "
-                         "rerun with the same flags and series or pass --restart")
+    """Restore a checkpoint into `model`; returns (step, history). ValueError if unusable."""
+    data = read_checkpoint(path, meta)
     model.set_weights({k[2:]: v for k, v in data.items() if k.startswith("w/")})
-    opt_vars = model.optimizer.variables
-    if sum(k.startswith("opt_") for k in data) != len(opt_vars):
-        raise ValueError(f"checkpoint {path} does not match the optimizer; pass --restart")
-    for i, v in enumerate(opt_vars):
-        v.assign(data[f"opt_{i}"])
+    restore_optimizer(model.optimizer, data, path)
     return int(data["step"]), json.loads(str(data["history"]))
 
 

@@ -81,6 +81,34 @@ def atomic_copy(src: str, dst: str) -> str:
     return tmp
 
 
+def read_checkpoint(path: str, meta: dict) -> dict:
+    """A training checkpoint's arrays, once its recorded flags are checked against `meta`.
+
+    ValueError (suggesting --restart) if the file is unreadable or was made with other flags.
+    """
+    try:
+        with np.load(path) as ck:
+            data = {k: ck[k] for k in ck.files}
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                         "delete it or pass --restart") from None
+    saved = json.loads(str(data["meta"]))
+    diff = [f"--{k} {saved.get(k)} (now {meta[k]})" for k in meta if saved.get(k) != meta[k]]
+    if diff:
+        raise ValueError(f"checkpoint {path} was made with {', '.join(diff)}; "
+                         "rerun with the same flags and data or pass --restart")
+    return data
+
+
+def restore_optimizer(optimizer, data: dict, path: str):
+    """Put back the Adam state saved as opt_0, opt_1, ... in a checkpoint."""
+    variables = optimizer.variables
+    if sum(k.startswith("opt_") for k in data) != len(variables):
+        raise ValueError(f"checkpoint {path} does not match the optimizer; pass --restart")
+    for i, v in enumerate(variables):
+        v.assign(data[f"opt_{i}"])
+
+
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

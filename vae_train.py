@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from bin_packing_environment import action_masks, decode_pictures
 from stages_common import (EpisodeReader, atomic_write_json, atomic_write_npz, episode_name, fail,
-                           holdout_mask, non_negative_int, parse_fraction, positive_float, positive_int)
+                           holdout_mask, non_negative_int, parse_fraction, positive_float, positive_int,
+                           read_checkpoint, restore_optimizer)
 
 CHECKPOINT = os.path.join("checkpoint", "vae_checkpoint.npz")
 TARGETS = {"mask_exact": 0.99, "item_exact": 0.999}
@@ -119,23 +120,9 @@ def save_checkpoint(path, vae, epoch, batch, meta, history):
 
 def load_checkpoint(path, vae, meta):
     """Restore a checkpoint into `vae`; returns (epoch, batch, history). ValueError if unusable."""
-    try:
-        with np.load(path) as ck:
-            data = {k: ck[k] for k in ck.files}
-    except Exception as e:
-        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
-                         "delete it or pass --restart") from None
-    saved = json.loads(str(data["meta"]))
-    diff = [f"--{k} {saved.get(k)} (now {meta[k]})" for k in RESUME_FLAGS if saved.get(k) != meta[k]]
-    if diff:
-        raise ValueError(f"checkpoint {path} was made with {', '.join(diff)}; "
-                         "rerun with the same flags or pass --restart")
-    opt_vars = vae.optimizer.variables
-    if sum(k.startswith("opt_") for k in data) != len(opt_vars):
-        raise ValueError(f"checkpoint {path} does not match the optimizer; pass --restart")
+    data = read_checkpoint(path, {k: meta[k] for k in RESUME_FLAGS})
     vae.set_weights_flat(data["weights"])
-    for i, v in enumerate(opt_vars):
-        v.assign(data[f"opt_{i}"])
+    restore_optimizer(vae.optimizer, data, path)
     vae._noise.reset(data["noise_state"])
     return int(data["epoch"]), int(data["batch"]), json.loads(str(data["history"]))
 
