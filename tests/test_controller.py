@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import baselines
-from bin_packing_environment import PRESETS, BatchBinPacking, episode_seeds
+from bin_packing_environment import PRESETS, episode_seeds
 from model import Controller
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

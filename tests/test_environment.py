@@ -67,7 +67,6 @@ def test_invalid_action_penalty_and_nearest():
     near = E.BinPackingNearActionGymEnvironment()
     near.reset(seed=0)
     near.step(0)
-    level = near.state[1:-1].nonzero()[0][0] + 1
     _, r, done, info = near.step(29)              # nearest valid: the only open bin (if it fits) or new bin
     assert not done and info["state"].sum() >= 1
 
@@ -102,7 +101,6 @@ def test_invariants_over_random_play(seed, preset):
             assert obs["action_mask"][i].tolist() == [int(x) for x in expect]
         placed += state[:, -1]
         total += reward
-    final = E.BatchBinPacking(config, 4)
     # volume is conserved: what was placed equals what the bins hold (full bins hold B)
     # and the total reward is minus the final waste
     assert np.allclose(total, -info["waste"])
@@ -162,9 +160,6 @@ def test_gym_registration_and_observation_space():
 
 
 # ---------------------------------------------------------------- the picture
-
-reachable = st.integers(0, 2 ** 32).flatmap(lambda seed: st.just(seed))
-
 
 @settings(max_examples=30, deadline=None)
 @given(counts=st.lists(st.integers(0, E.MAX_BAND_COUNT), min_size=29, max_size=29),
