@@ -41,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--popsize", type=int, default=64, help="CMA-ES population (original: 64)")
     p.add_argument("--num_episode", type=int, default=16, help="episodes per candidate (original: 16)")
     p.add_argument("--sigma_init", type=float, default=0.1, help="CMA-ES initial step size (original: 0.1)")
+    p.add_argument("--weight_decay", type=float, default=0.01,
+                   help="CMA-ES minimises -(reward - weight_decay * mean(params**2)), as the original's estool "
+                        "CMAES (0.01); much larger values slow the controller's exploitation of M's errors")
     p.add_argument("--generations", type=int, default=200, help="total generations (resumed runs count on)")
     p.add_argument("--eval_steps", type=int, default=25, help="score the mean on the real env every N generations")
     p.add_argument("--eval_episodes", type=int, default=100, help="real episodes per evaluation (original: 1024)")
@@ -65,6 +68,8 @@ def parse_args(argv=None):
         p.error("--popsize must be >= 2 for CMA-ES")
     if args.sigma_init <= 0 or args.temperature <= 0:
         p.error("--sigma_init and --temperature must be positive")
+    if args.weight_decay < 0:
+        p.error(f"--weight_decay must be >= 0, got {args.weight_decay}")
     for name in ("time_horizon", "eval_horizon"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
@@ -202,7 +207,8 @@ def train(args, workers: Workers):
             fitness[idx] = r
             state["real_steps"] += s
         es = state["es"]
-        es.tell(list(solutions), list(-fitness))           # cma minimises
+        penalty = args.weight_decay * np.mean(np.square(solutions), axis=1)
+        es.tell(list(solutions), list(penalty - fitness))  # cma minimises; logs keep the raw rewards
         state["generation"] = generation
         state["wall_s"] += time.time() - start
         state["hist"].append([generation, round(state["wall_s"], 1), float(fitness.mean()), float(fitness.min()),

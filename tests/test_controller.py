@@ -144,9 +144,23 @@ def test_dead_worker_ends_the_run(models, tmp_path):
     assert proc.returncode != 0
 
 
+def test_weight_decay_pulls_the_mean_towards_zero(models, tmp_path):
+    """With an overwhelming weight decay CMA-ES keeps the smallest candidates; without it, it does not."""
+    norms = {}
+    for wd in ("0", "1e6"):
+        proc = run(train_cmd(models, tmp_path / wd, "--generations", "3", "--eval_steps", "3",
+                             "--weight_decay", wd))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        mean = np.asarray(json.load(open(tmp_path / wd / "binpacking.cma.2.4.json"))[0])
+        norms[wd] = float(np.mean(mean ** 2))
+    assert norms["1e6"] < 0.5 * norms["0"]
+
+
 def test_train_rejects_bad_flags(models, tmp_path):
     proc = run(train_cmd(models, tmp_path, "--popsize", "1"))
     assert proc.returncode == 2 and "--popsize" in proc.stderr
+    proc = run(train_cmd(models, tmp_path, "--weight_decay", "-1"))
+    assert proc.returncode == 2 and "--weight_decay" in proc.stderr
     proc = run([sys.executable, "train.py", "--rnn", str(tmp_path / "missing.json")])
     assert proc.returncode == 2 and "missing.json" in proc.stderr
 
