@@ -1,7 +1,8 @@
 """How faithful is the dream? Replay held-out real episodes open loop inside M and compare.
 
     python dream_fidelity.py [--record_dir record --vae vae/vae.json --rnn rnn/rnn.json
-                              --episodes 20 --temperature 1.0 --seed 0 --out dream_fidelity.json]
+                              --episodes 20 --temperature 1.0 --seed 0 --out dream_fidelity.json
+                              --initial_z initial_z/initial_z.json --ranking_horizons 100,1000]
 
 The controller is trained only in the dream, so what matters is whether M, fed the actions a
 real episode took, imagines the packing that really happened. For each episode the dream starts
@@ -19,8 +20,15 @@ step k itself:
 and, across episodes, the correlation of the dreamed and the real total reward. Episodes are
 held-out ones: those listed in provenance.json next to --rnn (written by rnn_train.py, copied by
 copy_models.py), or, without one, the --holdout split that vae_train/rnn_train make with
---split_seed. All episodes are stepped together (RNNNumpy works on a batch). Prints a markdown
-table and writes --out (JSON).
+--split_seed. All episodes are stepped together (RNNNumpy works on a batch).
+
+Policy ranking: CMA-ES can only learn in the dream what the dream ranks right, so two fixed
+controllers (W = 0, bias only) are also scored closed loop: Best Fit (bias rising with the
+level) and Worst Fit (the emptiest open bin that fits). Each plays --ranking_episodes dreams
+per --ranking_horizons length (started from --initial_z, default: initial_z/ beside rnn/ of
+--rnn) and --ranking_real_episodes real episodes of --preset on the 'validation' seed stream;
+the check is whether the dream orders them as the real environment does ("" turns it off).
+Prints markdown tables and writes --out (JSON).
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from bin_packing_environment import action_masks, decode_pictures
+from bin_packing_environment import PRESETS, BatchBinPacking, action_masks, decode_pictures, episode_seeds
 from stages_common import (EpisodeReader, atomic_write_json, episode_name, fail, holdout_mask, parse_fraction,
                            positive_float, positive_int, require_file, sha256_file)
 
@@ -52,16 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizons", default="1,10,100,1000", help="comma-separated step counts")
     p.add_argument("--out", default="dream_fidelity.json")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--initial_z", default=None,
+                   help="first-frame encodings the ranking dreams start from "
+                        "(default: initial_z/initial_z.json beside the directory of --rnn)")
+    p.add_argument("--ranking_horizons", default="100,1000",
+                   help='comma-separated dream lengths of the policy ranking ("" turns it off)')
+    p.add_argument("--ranking_episodes", type=positive_int, default=64, help="dreams per policy and horizon")
+    p.add_argument("--ranking_real_episodes", type=positive_int, default=50,
+                   help="real episodes per policy (validation seeds, the preset's horizon)")
+    p.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS), help="real environment of the ranking")
     return p
 
 
-def parse_horizons(text: str) -> list[int]:
+def parse_horizons(text: str, flag: str = "--horizons") -> list[int]:
     try:
         values = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise ValueError(f"--horizons must be comma-separated integers, got {text!r}") from None
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
     if not values or values[0] < 1:
-        raise ValueError(f"--horizons must be positive integers, got {text!r}")
+        raise ValueError(f"{flag} must be positive integers, got {text!r}")
     return values
 
 
@@ -159,6 +176,113 @@ def markdown(rows, totals) -> str:
     return "\n".join(lines)
 
 
+RANKED = ("best_fit", "worst_fit")
+
+
+def fixed_policies(controller) -> np.ndarray:
+    """(2, num_params): Best Fit and Worst Fit as bias-only controllers (W = 0).
+
+    Action a >= 1 puts the item in a bin at level a and 0 opens a new bin (always valid), so
+    under the masked argmax a bias rising in a picks the fullest bin that fits (Best Fit), and
+    one that is 0 for a new bin and falling in a >= 1 the emptiest (Worst Fit).
+    """
+    A = controller.num_actions
+    params = np.zeros((2, controller.num_params), np.float32)
+    params[0, -A:] = np.arange(A)
+    params[1, -A:] = np.r_[0, 2 * A - np.arange(1, A)]
+    return params
+
+
+def rollout_fixed(controller, params, config, seeds) -> np.ndarray:
+    """Real total reward (P, E) of bias-only controllers on the episodes `seeds`.
+
+    With W = 0 neither z nor h can change an action, so V and M are not run (rollout_real
+    would spend minutes encoding pictures for the same numbers).
+    """
+    params = np.atleast_2d(np.asarray(params, np.float32))
+    W, _ = controller.split(params)
+    if W.any():
+        raise ValueError("rollout_fixed is for bias-only controllers (W = 0)")
+    P, E = len(params), len(seeds)
+    env = BatchBinPacking(config, P * E)
+    obs = env.reset(np.tile(np.asarray(seeds), P))
+    x = np.zeros((P, E, controller.input_size), np.float32)
+    total = np.zeros(P * E)
+    done = np.zeros(P * E, bool)
+    while not done.all():
+        actions = controller.act(params, x, obs["action_mask"].reshape(P, E, -1)).reshape(-1)
+        obs, reward, done, _ = env.step(actions)
+        total += reward
+    return total.reshape(P, E)
+
+
+def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_episodes: int, config,
+                  temperature: float = 1.0, seed: int = 0) -> dict:
+    """Best Fit vs Worst Fit in the dream (per horizon) and in the real env: same order?"""
+    from dream_env import BatchDream, rollout_dream
+    from model import Controller
+    controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    params = fixed_policies(controller)
+    real = rollout_fixed(controller, params, config, episode_seeds(seed, real_episodes, "validation")).mean(1)
+    real_sign = np.sign(real[0] - real[1])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in horizons:
+        dream = BatchDream(rnn, initial_z, temperature, k)
+        totals, _ = rollout_dream(controller, params, dream, dream_episodes, rng)
+        means = totals.mean(1)
+        rows.append({"horizon": int(k), "dream": dict(zip(RANKED, map(float, means))),
+                     "agrees": bool(np.sign(means[0] - means[1]) == real_sign)})
+    return {"policies": list(RANKED), "real": dict(zip(RANKED, map(float, real))),
+            "real_episodes": real_episodes, "real_horizon": int(config["time_horizon"]),
+            "dream_episodes": dream_episodes, "temperature": temperature, "seed": seed, "horizons": rows}
+
+
+def ranking_markdown(r) -> str:
+    lines = ["| dream horizon | dream Best Fit | dream Worst Fit | order as real? |", "| --- | --- | --- | --- |"]
+    for row in r["horizons"]:
+        lines.append(f"| {row['horizon']} | {row['dream']['best_fit']:.2f} | {row['dream']['worst_fit']:.2f} "
+                     f"| {'yes' if row['agrees'] else 'NO'} |")
+    lines.append("")
+    lines.append(f"real ({r['real_episodes']} validation episodes of {r['real_horizon']} steps): "
+                 f"Best Fit {r['real']['best_fit']:.2f}, Worst Fit {r['real']['worst_fit']:.2f}; "
+                 f"dream means over {r['dream_episodes']} dreams each")
+    return "\n".join(lines)
+
+
+def ranking_initial_z(args, parser, horizons) -> tuple[list[int], str | None]:
+    """Ranking horizons and the initial z path, or ([], None) when the ranking is off."""
+    if not horizons:
+        return [], None
+    # copy_models.py installs rnn/ and initial_z/ side by side (pipeline.py: in its work_dir)
+    path = args.initial_z or os.path.normpath(os.path.join(os.path.dirname(args.rnn), "..", "initial_z",
+                                                           "initial_z.json"))
+    if not os.path.isfile(path):
+        if args.initial_z:
+            fail(parser, f"initial z file {path} not found (--initial_z)")
+        print(f"note: no policy ranking: initial z file {path} not found (pass --initial_z)")
+        return [], None
+    return horizons, path
+
+
+def load_ranking_z(parser, path: str, rnn, config) -> dict:
+    """initial_z.json checked against M and the preset, or a parser error naming the mismatch."""
+    from dream_env import load_initial_z
+    try:
+        iz = load_initial_z(path)
+    except ValueError as e:
+        fail(parser, str(e))
+    if iz["mu"].shape[1] != rnn.z_size:
+        fail(parser, f"initial z file {path} has z size {iz['mu'].shape[1]} but M has z_size {rnn.z_size} "
+                     "(pass the --initial_z written with this M)")
+    if "action_mask" in iz and iz["action_mask"].shape[1] != rnn.action_size:
+        fail(parser, f"initial z file {path} has masks of {iz['action_mask'].shape[1]} actions "
+                     f"but M has action_size {rnn.action_size}")
+    if config["bin_size"] != rnn.action_size:
+        fail(parser, f"--preset has bin_size {config['bin_size']} but M has action_size {rnn.action_size}")
+    return iz
+
+
 def heldout_names(args, parser) -> tuple[list | None, str]:
     """Held-out episode names from provenance.json, or None to use the fallback split."""
     prov_path = args.provenance or os.path.join(os.path.dirname(args.rnn), "provenance.json")
@@ -184,12 +308,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         horizons = parse_horizons(args.horizons)
+        ranking_horizons = (parse_horizons(args.ranking_horizons, "--ranking_horizons")
+                            if args.ranking_horizons.strip() else [])
     except ValueError as e:
         parser.error(str(e))
     if not os.path.isdir(args.record_dir):
         fail(parser, f"record directory {args.record_dir} not found")
     require_file(parser, args.vae, "VAE file")
     require_file(parser, args.rnn, "MDN-RNN file")
+    ranking_horizons, initial_z_path = ranking_initial_z(args, parser, ranking_horizons)
     names, source = heldout_names(args, parser)
 
     reader = EpisodeReader(args.record_dir)
@@ -223,6 +350,8 @@ def main(argv=None):
     widths = {ep["action_mask"].shape[1] for _, ep in episodes}
     if widths != {rnn.action_size}:
         fail(parser, f"episodes have {sorted(widths)} actions but {args.rnn} has action_size {rnn.action_size}")
+    config = dict(PRESETS[args.preset])
+    initial_z = load_ranking_z(parser, initial_z_path, rnn, config) if ranking_horizons else None
 
     eps = [ep for _, ep in episodes]
     print(f"replaying {len(eps)} episodes ({source}) open loop at temperature {args.temperature}")
@@ -242,9 +371,20 @@ def main(argv=None):
               "real": real.tolist(), "dreamed": dreamed.tolist()}
     table = markdown(rows, totals)
     print(table)
+
+    ranking = None
+    if ranking_horizons:
+        print(f"\nranking Best Fit vs Worst Fit: {args.ranking_episodes} dreams per horizon from {initial_z_path}, "
+              f"{args.ranking_real_episodes} real {args.preset} episodes")
+        ranking = rank_policies(rnn, initial_z, ranking_horizons, args.ranking_episodes,
+                                args.ranking_real_episodes, config, args.temperature, args.seed)
+        ranking.update(initial_z=initial_z_path, preset=args.preset)
+        ranking["table"] = ranking_markdown(ranking)
+        print(ranking["table"])
     result = {"episodes": [episode_name(p) for p, _ in episodes], "episodes_source": source,
               "temperature": args.temperature, "seed": args.seed, "vae": args.vae, "rnn": args.rnn,
-              "skipped_files": skipped, "horizons": rows, "total_reward": totals, "table": table}
+              "skipped_files": skipped, "horizons": rows, "total_reward": totals, "table": table,
+              "policy_ranking": ranking}
     atomic_write_json(args.out, result, indent=1)
     print(f"wrote {args.out}")
     return result

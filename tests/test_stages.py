@@ -305,8 +305,9 @@ def test_copy_models_refuses_mismatched_artifacts(trained_vae, trained_rnn, tmp_
 
 def test_dream_fidelity_reports_horizons_within_the_episodes(installed, record, tmp_path, capsys):
     out = tmp_path / "fidelity.json"
+    no_ranking = ["--ranking_horizons", ""]                   # test_dream_fidelity_ranks_... covers it
     result, text = run(dream_fidelity.main, ["--record_dir", record, "--vae", installed / "vae" / "vae.json",
-                                             "--rnn", installed / "rnn" / "rnn.json", "--out", out])
+                                             "--rnn", installed / "rnn" / "rnn.json", "--out", out] + no_ranking)
     prov = json.loads((installed / "rnn" / "provenance.json").read_text())
     assert result["episodes"] == prov["heldout_episodes"]
     assert [r["horizon"] for r in result["horizons"]] == [1, 10]          # episodes are 30 steps long
@@ -317,14 +318,89 @@ def test_dream_fidelity_reports_horizons_within_the_episodes(installed, record, 
     assert "| horizon k |" in text and "correlation" in text
     assert json.loads(out.read_text())["total_reward"]["episodes"] == len(result["episodes"])
 
+    assert result["policy_ranking"] is None
     again, _ = run(dream_fidelity.main, ["--record_dir", record, "--vae", installed / "vae" / "vae.json",
-                                         "--rnn", installed / "rnn" / "rnn.json", "--out", tmp_path / "b.json"])
+                                         "--rnn", installed / "rnn" / "rnn.json", "--out", tmp_path / "b.json"]
+                   + no_ranking)
     assert again["horizons"] == result["horizons"]                        # same seed, same numbers
     # without provenance.json the same episodes come from the --holdout split of seed 0
     split, _ = run(dream_fidelity.main, ["--record_dir", record, "--vae", installed / "vae" / "vae.json",
                                          "--rnn", installed / "rnn" / "rnn.json", "--out", tmp_path / "c.json",
-                                         "--no_provenance"])
+                                         "--no_provenance"] + no_ranking)
     assert split["episodes"] == result["episodes"] and "--holdout" in split["episodes_source"]
+
+
+def heuristic_totals(policy, seeds):
+    """Real totals of a baselines-style policy on `seeds` (perfect_pack, its full horizon)."""
+    env = BatchBinPacking("perfect_pack", len(seeds))
+    obs = env.reset(seeds)
+    total, done = np.zeros(len(seeds)), np.zeros(len(seeds), bool)
+    while not done.all():
+        obs, reward, done, _ = env.step(policy(obs["state"], obs["action_mask"]))
+        total += reward
+    return total
+
+
+def worst_fit(states, masks):
+    """The emptiest open bin the item fits in (lowest valid level >= 1); a new bin only if none fits."""
+    levels = np.arange(masks.shape[1])
+    lowest = np.where(masks.astype(bool) & (levels >= 1), levels, masks.shape[1]).min(-1)
+    return np.where(lowest < masks.shape[1], lowest, 0)
+
+
+def test_dream_fidelity_ranks_fixed_policies(installed, record, tmp_path):
+    out = tmp_path / "fidelity.json"
+    argv = ["--record_dir", record, "--vae", installed / "vae" / "vae.json", "--rnn", installed / "rnn" / "rnn.json",
+            "--out", out, "--ranking_horizons", "10,5", "--ranking_episodes", 4, "--ranking_real_episodes", 2]
+    result, text = run(dream_fidelity.main, argv)
+    ranking = json.loads(out.read_text())["policy_ranking"]
+    assert ranking == result["policy_ranking"]
+    assert ranking["initial_z"] == str(installed / "initial_z" / "initial_z.json")   # beside rnn/, as in pipeline.py
+    assert [r["horizon"] for r in ranking["horizons"]] == [5, 10]
+    real_order = ranking["real"]["best_fit"] > ranking["real"]["worst_fit"]
+    for row in ranking["horizons"]:
+        assert set(row["dream"]) == {"best_fit", "worst_fit"} and isinstance(row["agrees"], bool)
+        assert all(np.isfinite(v) for v in row["dream"].values())
+        assert row["agrees"] == ((row["dream"]["best_fit"] > row["dream"]["worst_fit"]) == real_order)
+    # the bias-only controllers are exactly Best Fit and Worst Fit, on validation seeds
+    seeds = episode_seeds(0, 2, "validation")
+    assert ranking["real"]["best_fit"] == pytest.approx(heuristic_totals(best_fit, seeds).mean())
+    assert ranking["real"]["worst_fit"] == pytest.approx(heuristic_totals(worst_fit, seeds).mean())
+    assert ranking["real_horizon"] == PRESETS["perfect_pack"]["time_horizon"]
+    assert "| dream horizon |" in text and "order as real?" in text
+
+    again, _ = run(dream_fidelity.main, argv[:6] + ["--out", tmp_path / "b.json"] + argv[8:])
+    assert again["policy_ranking"]["horizons"] == ranking["horizons"]          # same seed, same numbers
+
+
+def test_dream_fidelity_fixed_policies_score_the_same_without_v_and_m(installed):
+    """rollout_fixed skips V and M; with W = 0 that cannot change a real total."""
+    from model import Controller, load_rnn, load_vae, rollout_real
+    rnn, vae = load_rnn(str(installed / "rnn" / "rnn.json")), load_vae(str(installed / "vae" / "vae.json"))
+    controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    params = dream_fidelity.fixed_policies(controller)
+    config, seeds = dict(PRESETS["perfect_pack"], time_horizon=HORIZON), episode_seeds(1, 3, "validation")
+    real, _ = rollout_real(controller, params, vae, rnn, config, seeds)
+    np.testing.assert_array_equal(dream_fidelity.rollout_fixed(controller, params, config, seeds), real)
+
+
+def test_dream_fidelity_initial_z_is_checked(installed, record, tmp_path, capsys):
+    base = ["--record_dir", record, "--vae", installed / "vae" / "vae.json", "--out", tmp_path / "f.json",
+            "--ranking_horizons", "5", "--ranking_episodes", 2, "--ranking_real_episodes", 1]
+    rnn = ["--rnn", installed / "rnn" / "rnn.json"]
+    line = run_fails(dream_fidelity.main, base + rnn + ["--initial_z", tmp_path / "missing.json"], capsys)
+    assert "initial z file" in line and "missing.json not found" in line
+    small = tmp_path / "z16.json"
+    small.write_text(json.dumps({"mu": [[0.0] * 16], "logvar": [[0.0] * 16]}))
+    line = run_fails(dream_fidelity.main, base + rnn + ["--initial_z", small], capsys)
+    assert "z size 16" in line and "z_size 32" in line
+    # not given and not beside rnn/: the ranking is skipped with a note, the rest still runs
+    lonely = tmp_path / "models" / "rnn"
+    lonely.mkdir(parents=True)
+    for name in ("rnn.json", "provenance.json"):
+        (lonely / name).write_bytes((installed / "rnn" / name).read_bytes())
+    result, text = run(dream_fidelity.main, base + ["--rnn", lonely / "rnn.json"])
+    assert result["policy_ranking"] is None and "no policy ranking" in text and result["horizons"]
 
 
 def test_dream_fidelity_refuses_a_vae_m_was_not_trained_with(installed, record, tmp_path, capsys):
@@ -346,6 +422,10 @@ def test_dream_fidelity_refuses_a_vae_m_was_not_trained_with(installed, record, 
     (copy_models.main, ["--vae", "/nonexistent/vae.json"], "VAE file /nonexistent/vae.json not found"),
     (dream_fidelity.main, ["--record_dir", "/nonexistent/record"], "not found"),
     (dream_fidelity.main, ["--horizons", "10,x"], "--horizons"),
+    (dream_fidelity.main, ["--ranking_horizons", "0"], "--ranking_horizons must be positive"),
+    (dream_fidelity.main, ["--ranking_horizons", "abc"], "--ranking_horizons must be comma-separated"),
+    (dream_fidelity.main, ["--ranking_episodes", "0"], "--ranking_episodes"),
+    (dream_fidelity.main, ["--ranking_real_episodes", "x"], "--ranking_real_episodes"),
 ])
 def test_clear_errors(main, argv, message, capsys):
     assert message in run_fails(main, argv, capsys)
