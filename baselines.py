@@ -54,8 +54,8 @@ POLICIES = {"best_fit": best_fit, "sum_of_squares": sum_of_squares, "random": ra
 
 
 def evaluate_policy(policy, config="perfect_pack", episodes=1000, seed=0, batch=1000, rng=None,
-                    progress=False, pictures=False):
-    """Total reward of each of `episodes` real episodes on the 'eval' seed stream.
+                    progress=False, pictures=False, stream="eval"):
+    """Total reward of each of `episodes` real episodes on the `stream` seed stream ('eval' by default).
 
     policy(states, masks, rng) -> actions; with pictures=True it is called as
     policy(states, masks, rng, pictures).
@@ -63,7 +63,7 @@ def evaluate_policy(policy, config="perfect_pack", episodes=1000, seed=0, batch=
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     rng = rng if rng is not None else np.random.default_rng(seed)
-    seeds = episode_seeds(seed, episodes, "eval")
+    seeds = episode_seeds(seed, episodes, stream)
     totals = []
     bar = None
     if progress:

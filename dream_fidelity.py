@@ -39,7 +39,8 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from bin_packing_environment import PRESETS, BatchBinPacking, action_masks, decode_pictures, episode_seeds
+from baselines import evaluate_policy
+from bin_packing_environment import PRESETS, action_masks, decode_pictures
 from stages_common import (EpisodeReader, atomic_write_json, episode_name, fail, holdout_mask, parse_fraction,
                            positive_float, positive_int, require_file, sha256_file)
 
@@ -193,27 +194,17 @@ def fixed_policies(controller) -> np.ndarray:
     return params
 
 
-def rollout_fixed(controller, params, config, seeds) -> np.ndarray:
-    """Real total reward (P, E) of bias-only controllers on the episodes `seeds`.
-
-    With W = 0 neither z nor h can change an action, so V and M are not run (rollout_real
-    would spend minutes encoding pictures for the same numbers).
-    """
-    params = np.atleast_2d(np.asarray(params, np.float32))
+def fixed_policy(controller, params):
+    """A bias-only controller as a baselines policy: with W = 0, z and h cannot change an action,
+    so the real env is stepped without V and M (minutes of picture encoding saved)."""
     W, _ = controller.split(params)
     if W.any():
-        raise ValueError("rollout_fixed is for bias-only controllers (W = 0)")
-    P, E = len(params), len(seeds)
-    env = BatchBinPacking(config, P * E)
-    obs = env.reset(np.tile(np.asarray(seeds), P))
-    x = np.zeros((P, E, controller.input_size), np.float32)
-    total = np.zeros(P * E)
-    done = np.zeros(P * E, bool)
-    while not done.all():
-        actions = controller.act(params, x, obs["action_mask"].reshape(P, E, -1)).reshape(-1)
-        obs, reward, done, _ = env.step(actions)
-        total += reward
-    return total.reshape(P, E)
+        raise ValueError("fixed_policy is for bias-only controllers (W = 0)")
+    x = np.zeros((1, 1, controller.input_size), np.float32)
+
+    def policy(states, masks, rng=None):
+        return controller.act(params[None], np.broadcast_to(x, (1, len(masks), x.shape[2])), masks[None])[0]
+    return policy
 
 
 def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_episodes: int, config,
@@ -223,7 +214,8 @@ def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_epis
     from model import Controller
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     params = fixed_policies(controller)
-    real = rollout_fixed(controller, params, config, episode_seeds(seed, real_episodes, "validation")).mean(1)
+    real = np.array([evaluate_policy(fixed_policy(controller, p), config, real_episodes, seed,
+                                     stream="validation").mean() for p in params])
     real_sign = np.sign(real[0] - real[1])
     rng = np.random.default_rng(seed)
     rows = []

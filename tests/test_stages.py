@@ -15,7 +15,7 @@ import dream_fidelity
 import rnn_train
 import series
 import vae_train
-from baselines import best_fit, random_valid
+from baselines import best_fit, evaluate_policy, random_valid
 from bin_packing_environment import PRESETS, BatchBinPacking, episode_seeds, write_episode_npz
 from stages_common import holdout_mask, sha256_file
 
@@ -330,18 +330,7 @@ def test_dream_fidelity_reports_horizons_within_the_episodes(installed, record, 
     assert split["episodes"] == result["episodes"] and "--holdout" in split["episodes_source"]
 
 
-def heuristic_totals(policy, seeds):
-    """Real totals of a baselines-style policy on `seeds` (perfect_pack, its full horizon)."""
-    env = BatchBinPacking("perfect_pack", len(seeds))
-    obs = env.reset(seeds)
-    total, done = np.zeros(len(seeds)), np.zeros(len(seeds), bool)
-    while not done.all():
-        obs, reward, done, _ = env.step(policy(obs["state"], obs["action_mask"]))
-        total += reward
-    return total
-
-
-def worst_fit(states, masks):
+def worst_fit(states, masks, rng=None):
     """The emptiest open bin the item fits in (lowest valid level >= 1); a new bin only if none fits."""
     levels = np.arange(masks.shape[1])
     lowest = np.where(masks.astype(bool) & (levels >= 1), levels, masks.shape[1]).min(-1)
@@ -363,9 +352,9 @@ def test_dream_fidelity_ranks_fixed_policies(installed, record, tmp_path):
         assert all(np.isfinite(v) for v in row["dream"].values())
         assert row["agrees"] == ((row["dream"]["best_fit"] > row["dream"]["worst_fit"]) == real_order)
     # the bias-only controllers are exactly Best Fit and Worst Fit, on validation seeds
-    seeds = episode_seeds(0, 2, "validation")
-    assert ranking["real"]["best_fit"] == pytest.approx(heuristic_totals(best_fit, seeds).mean())
-    assert ranking["real"]["worst_fit"] == pytest.approx(heuristic_totals(worst_fit, seeds).mean())
+    for name, policy in (("best_fit", best_fit), ("worst_fit", worst_fit)):
+        expected = evaluate_policy(policy, "perfect_pack", 2, seed=0, stream="validation").mean()
+        assert ranking["real"][name] == pytest.approx(expected)
     assert ranking["real_horizon"] == PRESETS["perfect_pack"]["time_horizon"]
     assert "| dream horizon |" in text and "order as real?" in text
 
@@ -374,14 +363,16 @@ def test_dream_fidelity_ranks_fixed_policies(installed, record, tmp_path):
 
 
 def test_dream_fidelity_fixed_policies_score_the_same_without_v_and_m(installed):
-    """rollout_fixed skips V and M; with W = 0 that cannot change a real total."""
+    """fixed_policy skips V and M; with W = 0 that cannot change a real total."""
     from model import Controller, load_rnn, load_vae, rollout_real
     rnn, vae = load_rnn(str(installed / "rnn" / "rnn.json")), load_vae(str(installed / "vae" / "vae.json"))
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     params = dream_fidelity.fixed_policies(controller)
     config, seeds = dict(PRESETS["perfect_pack"], time_horizon=HORIZON), episode_seeds(1, 3, "validation")
     real, _ = rollout_real(controller, params, vae, rnn, config, seeds)
-    np.testing.assert_array_equal(dream_fidelity.rollout_fixed(controller, params, config, seeds), real)
+    for p, totals in zip(params, real):
+        np.testing.assert_array_equal(evaluate_policy(dream_fidelity.fixed_policy(controller, p), config, 3, seed=1,
+                                                      stream="validation"), totals)
 
 
 def test_dream_fidelity_initial_z_is_checked(installed, record, tmp_path, capsys):
