@@ -1,11 +1,14 @@
 """Every benchmark of the project in one command: python bench/run_all.py (or make bench).
 
+    python bench/run_all.py [--pipeline_summary runs/small/pipeline_summary.json]
+
 Runs bench_env.py, bench_rollouts.py and bench_dream.py as they are, measures V's training
 frames/s and peak memory, series encoding frames/s and M's training steps/s on small
 synthetic batches here, and collects the stage timings and final rewards that the training
 runs recorded (runs/small/*, results/evaluation.json) when they exist. Writes
 bench/results.json and bench/results.md (the table the README quotes).
 """
+import argparse
 import json
 import os
 import platform
@@ -65,12 +68,12 @@ def model_speeds():
             "peak_memory_mb (this process: V and M training)": round(peak_mb)}
 
 
-def recorded_runs():
+def recorded_runs(pipeline_summary):
     """What the real training runs wrote down, if they are on this machine."""
     out = {}
     for key, path in (("vae_report", "runs/small/tf_vae/vae_report.json"),
                       ("rnn_report", "runs/small/tf_rnn/rnn_report.json"),
-                      ("pipeline_small", "runs/small/pipeline_summary.json"),
+                      ("pipeline_small", pipeline_summary),
                       ("evaluation", "results/evaluation.json")):
         full = os.path.join(ROOT, path)
         if os.path.exists(full):
@@ -79,13 +82,17 @@ def recorded_runs():
     return out
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Run every benchmark; write bench/results.json and results.md.")
+    parser.add_argument("--pipeline_summary", default="runs/small/pipeline_summary.json",
+                        help="summary of a `pipeline.py --scale small` run (relative to the repo root)")
+    args = parser.parse_args(argv)
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                "environment": run_script("bench_env.py"),
                "rollouts": run_script("bench_rollouts.py"),
                "dream": run_script("bench_dream.py"),
                "models": model_speeds(),
-               "recorded": recorded_runs()}
+               "recorded": recorded_runs(args.pipeline_summary)}
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     env, dream, models = results["environment"], results["dream"], results["models"]
