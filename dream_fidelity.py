@@ -28,6 +28,9 @@ level) and Worst Fit (the emptiest open bin that fits). Each plays --ranking_epi
 per --ranking_horizons length (started from --initial_z, default: initial_z/ beside rnn/ of
 --rnn) and --ranking_real_episodes real episodes of --preset on the 'validation' seed stream;
 the check is whether the dream orders them as the real environment does ("" turns it off).
+The same real episodes are also fed to M step by step (V's z of each real picture, the action
+taken) and its predicted rewards summed: "M on the real episodes" tells M's one-step heads
+apart from the drift of the open-loop dream.
 Prints markdown tables and writes --out (JSON).
 """
 from __future__ import annotations
@@ -207,15 +210,43 @@ def fixed_policy(controller, params):
     return policy
 
 
+def with_m_reward(policy, vae, rnn, n: int):
+    """Wrap a baselines policy so that M, fed V's z of each real picture and the action taken,
+    sums the reward it predicts; returns (wrapped policy for pictures=True, the (n,) sums)."""
+    state = dict(zip("hc", rnn.initial_state(n)))
+    total = np.zeros(n)
+
+    def wrapped(states, masks, rng, pictures):
+        actions = policy(states, masks, rng)
+        z, _ = vae.encode_mu_logvar(pictures)
+        state["h"], state["c"], out = rnn.step(z, actions, state["h"], state["c"])
+        total[:] += out["reward"]
+        return actions
+    return wrapped, total
+
+
 def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_episodes: int, config,
-                  temperature: float = 1.0, seed: int = 0) -> dict:
-    """Best Fit vs Worst Fit in the dream (per horizon) and in the real env: same order?"""
+                  temperature: float = 1.0, seed: int = 0, vae=None) -> dict:
+    """Best Fit vs Worst Fit in the dream (per horizon) and in the real env: same order?
+
+    With a VAE, M also sums its predicted rewards along the real episodes ("M on real"): its
+    one-step heads, without the drift of an open-loop dream.
+    """
     from dream_env import BatchDream, rollout_dream
     from model import Controller
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     params = fixed_policies(controller)
-    real = np.array([evaluate_policy(fixed_policy(controller, p), config, real_episodes, seed,
-                                     stream="validation").mean() for p in params])
+    real, m_on_real = [], []
+    for p in params:
+        policy = fixed_policy(controller, p)
+        if vae is None:
+            real.append(evaluate_policy(policy, config, real_episodes, seed, stream="validation").mean())
+            continue
+        policy, predicted = with_m_reward(policy, vae, rnn, real_episodes)
+        real.append(evaluate_policy(policy, config, real_episodes, seed, batch=real_episodes, pictures=True,
+                                    stream="validation").mean())
+        m_on_real.append(float(predicted.mean()))
+    real = np.array(real)
     real_sign = np.sign(real[0] - real[1])
     rng = np.random.default_rng(seed)
     rows = []
@@ -225,9 +256,13 @@ def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_epis
         means = totals.mean(1)
         rows.append({"horizon": int(k), "dream": dict(zip(RANKED, map(float, means))),
                      "agrees": bool(np.sign(means[0] - means[1]) == real_sign)})
-    return {"policies": list(RANKED), "real": dict(zip(RANKED, map(float, real))),
-            "real_episodes": real_episodes, "real_horizon": int(config["time_horizon"]),
-            "dream_episodes": dream_episodes, "temperature": temperature, "seed": seed, "horizons": rows}
+    out = {"policies": list(RANKED), "real": dict(zip(RANKED, map(float, real))),
+           "real_episodes": real_episodes, "real_horizon": int(config["time_horizon"]),
+           "dream_episodes": dream_episodes, "temperature": temperature, "seed": seed, "horizons": rows}
+    if m_on_real:
+        out["m_on_real"] = dict(zip(RANKED, m_on_real))
+        out["m_on_real_agrees"] = bool(np.sign(m_on_real[0] - m_on_real[1]) == real_sign)
+    return out
 
 
 def ranking_markdown(r) -> str:
@@ -235,6 +270,9 @@ def ranking_markdown(r) -> str:
     for row in r["horizons"]:
         lines.append(f"| {row['horizon']} | {row['dream']['best_fit']:.2f} | {row['dream']['worst_fit']:.2f} "
                      f"| {'yes' if row['agrees'] else 'NO'} |")
+    if "m_on_real" in r:
+        lines.append(f"| M on the real episodes | {r['m_on_real']['best_fit']:.2f} | {r['m_on_real']['worst_fit']:.2f} "
+                     f"| {'yes' if r['m_on_real_agrees'] else 'NO'} |")
     lines.append("")
     lines.append(f"real ({r['real_episodes']} validation episodes of {r['real_horizon']} steps): "
                  f"Best Fit {r['real']['best_fit']:.2f}, Worst Fit {r['real']['worst_fit']:.2f}; "
@@ -369,7 +407,7 @@ def main(argv=None):
         print(f"\nranking Best Fit vs Worst Fit: {args.ranking_episodes} dreams per horizon from {initial_z_path}, "
               f"{args.ranking_real_episodes} real {args.preset} episodes")
         ranking = rank_policies(rnn, initial_z, ranking_horizons, args.ranking_episodes,
-                                args.ranking_real_episodes, config, args.temperature, args.seed)
+                                args.ranking_real_episodes, config, args.temperature, args.seed, vae=vae)
         ranking.update(initial_z=initial_z_path, preset=args.preset)
         ranking["table"] = ranking_markdown(ranking)
         print(ranking["table"])

@@ -357,6 +357,8 @@ def test_dream_fidelity_ranks_fixed_policies(installed, record, tmp_path):
         assert ranking["real"][name] == pytest.approx(expected)
     assert ranking["real_horizon"] == PRESETS["perfect_pack"]["time_horizon"]
     assert "| dream horizon |" in text and "order as real?" in text
+    m_order = ranking["m_on_real"]["best_fit"] > ranking["m_on_real"]["worst_fit"]
+    assert ranking["m_on_real_agrees"] == (m_order == real_order) and "| M on the real episodes |" in text
 
     again, _ = run(dream_fidelity.main, argv[:6] + ["--out", tmp_path / "b.json"] + argv[8:])
     assert again["policy_ranking"]["horizons"] == ranking["horizons"]          # same seed, same numbers
@@ -373,6 +375,28 @@ def test_dream_fidelity_fixed_policies_score_the_same_without_v_and_m(installed)
     for p, totals in zip(params, real):
         np.testing.assert_array_equal(evaluate_policy(dream_fidelity.fixed_policy(controller, p), config, 3, seed=1,
                                                       stream="validation"), totals)
+
+
+def test_dream_fidelity_m_on_real_sums_m_rewards_along_the_real_episodes(installed):
+    """Checked against M stepped by hand along Best Fit's real episodes (V's z, the actions taken)."""
+    from model import load_rnn, load_vae
+    rnn, vae = load_rnn(str(installed / "rnn" / "rnn.json")), load_vae(str(installed / "vae" / "vae.json"))
+    config, n = dict(PRESETS["perfect_pack"], time_horizon=HORIZON), 3
+    initial_z = {"mu": np.zeros((1, rnn.z_size), np.float32), "logvar": np.zeros((1, rnn.z_size), np.float32)}
+    ranking = dream_fidelity.rank_policies(rnn, initial_z, [], 1, n, config, seed=4, vae=vae)
+    env = BatchBinPacking(config, n, pictures=True)
+    obs = env.reset(episode_seeds(4, n, "validation"))
+    h, c = rnn.initial_state(n)
+    predicted, real, done = np.zeros(n), np.zeros(n), np.zeros(n, bool)
+    while not done.all():
+        z, _ = vae.encode_mu_logvar(obs["picture"])
+        actions = best_fit(obs["state"], obs["action_mask"])
+        h, c, out = rnn.step(z, actions, h, c)
+        obs, reward, done, _ = env.step(actions)
+        predicted += out["reward"]
+        real += reward
+    assert ranking["real"]["best_fit"] == pytest.approx(real.mean())
+    assert ranking["m_on_real"]["best_fit"] == pytest.approx(predicted.mean(), rel=1e-5)
 
 
 def test_dream_fidelity_initial_z_is_checked(installed, record, tmp_path, capsys):
