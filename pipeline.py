@@ -6,9 +6,11 @@
 Every stage is the ordinary stage script run as a subprocess, writing under --work_dir:
 rollouts (extract.py) -> V (vae_train.py) -> series.py -> M (rnn_train.py) -> copy_models.py
 -> dream fidelity -> C in the dream (train.py) -> evaluation on the real env (model.py).
-A stage whose command and input files are unchanged since it last succeeded is skipped
-(--force redoes everything); a stage killed half way resumes, because every training script
-resumes from its own checkpoint. The first failing stage stops the pipeline with its error.
+A stage whose command and input files are unchanged since it last succeeded is skipped; a stage
+killed half way resumes, because every training script resumes from its own checkpoint; a stage
+that succeeded before but is re-run (its command or inputs changed, or --force) first removes
+its own state (the records, a checkpoint, the CMA-ES logs), so it starts afresh instead of
+resuming what other inputs produced. The first failing stage stops the pipeline with its error.
 Per-stage wall times and the final rewards go to <work_dir>/pipeline_summary.json.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -53,19 +56,20 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
     eval_horizon = ["--eval_horizon", str(s["eval_horizon"])] if s["eval_horizon"] else []
     dream_horizon = ["--time_horizon", str(s["dream_horizon"])] if s["dream_horizon"] else []
     return [
-        dict(name="rollouts", commands=rollouts, inputs=[], outputs=[j("record")]),
+        dict(name="rollouts", commands=rollouts, inputs=[], outputs=[j("record")], fresh=[j("record")]),
         dict(name="vae", commands=[[py, "vae_train.py", "--record_dir", j("record"), "--out_dir", j("tf_vae"),
                                     "--epochs", str(s["vae_epochs"]), "--frames_per_episode",
                                     str(s["frames_per_episode"]), "--learning_rate", str(s["vae_lr"]),
                                     "--seed", str(seed)]],
-             inputs=[j("record")], outputs=[j("tf_vae", "vae.json")]),
+             inputs=[j("record")], outputs=[j("tf_vae", "vae.json")], fresh=[j("tf_vae")]),
         dict(name="series", commands=[[py, "series.py", "--record_dir", j("record"), "--vae", j("tf_vae", "vae.json"),
                                        "--out", j("series", "series.npz")]],
              inputs=[j("record"), j("tf_vae", "vae.json")], outputs=[j("series", "series.npz")]),
         dict(name="rnn", commands=[[py, "rnn_train.py", "--series", j("series", "series.npz"), "--out_dir", j("tf_rnn"),
                                     "--steps", str(s["rnn_steps"]), "--seq_len", str(s["seq_len"]),
                                     "--seed", str(seed)]],
-             inputs=[j("series", "series.npz")], outputs=[j("tf_rnn", "rnn.json"), j("tf_rnn", "initial_z.json")]),
+             inputs=[j("series", "series.npz")], outputs=[j("tf_rnn", "rnn.json"), j("tf_rnn", "initial_z.json")],
+             fresh=[j("tf_rnn")]),
         dict(name="copy", commands=[[py, "copy_models.py", "--vae", j("tf_vae", "vae.json"), "--rnn",
                                      j("tf_rnn", "rnn.json"), "--initial_z", j("tf_rnn", "initial_z.json"),
                                      "--out_root", w]],
@@ -85,7 +89,8 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                                            "--eval_steps", str(s["eval_steps"]),
                                            "--eval_episodes", str(s["eval_episodes"]), "--num_worker",
                                            str(s["workers"]), "--seed", str(seed), *eval_horizon]],
-             inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")], outputs=[best]),
+             inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")], outputs=[best],
+             fresh=[j("log")]),
         dict(name="evaluation", commands=[[py, "model.py", "norender", best, "--vae", j("vae", "vae.json"),
                                            "--rnn", j("rnn", "rnn.json"), "--episodes", str(s["final_episodes"]),
                                            "--seed", str(seed), *(["--time_horizon", str(s["horizon"])] if s["horizon"] else [])],
@@ -109,10 +114,19 @@ def fingerprint(paths) -> str:
 
 def run_stage(stage: dict, stamp_path: str, force: bool) -> tuple[str, float]:
     key = json.dumps([stage["commands"], fingerprint(stage["inputs"])])
-    if not force and os.path.exists(stamp_path) and all(os.path.exists(o) for o in stage["outputs"]):
+    if os.path.exists(stamp_path):
         with open(stamp_path) as f:
-            if json.load(f).get("key") == key:
-                return "skipped", 0.0
+            same = json.load(f).get("key") == key
+        if same and not force and all(os.path.exists(o) for o in stage["outputs"]):
+            return "skipped", 0.0
+        # it finished before, on other inputs: start afresh; dropping the stamp first means a
+        # kill during the redo leaves a stage that resumes, like any half-finished one
+        for path in stage.get("fresh", []):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+        os.remove(stamp_path)
     start = time.time()
     results = []
     for cmd in stage["commands"]:
@@ -134,7 +148,7 @@ def main(argv=None):
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
     parser.add_argument("--work_dir", default=None, help="default: runs/<scale>")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="re-run every stage")
+    parser.add_argument("--force", action="store_true", help="redo every finished stage from scratch")
     parser.add_argument("--workers", type=int, default=None, help="MPI workers for CMA-ES (default: the scale's)")
     args = parser.parse_args(argv)
     scale = dict(SCALES[args.scale])

@@ -31,7 +31,7 @@ import numpy as np
 
 from bin_packing_environment import PRESETS, episode_seeds, make_config
 from model import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
-from stages_common import atomic_write_json, atomic_write_pickle
+from stages_common import atomic_write_json, atomic_write_pickle, sha256_file
 
 
 def parse_args(argv=None):
@@ -173,7 +173,29 @@ def new_state(args, num_params):
             "CMA_diagonal": not args.full_covariance}
     es = cma.CMAEvolutionStrategy(np.zeros(num_params), args.sigma_init, opts)
     return {"es": es, "generation": 0, "hist": [], "hist_best": [], "best": None, "best_reward": -np.inf,
-            "wall_s": 0.0, "real_steps": 0, "flags": vars(args)}
+            "wall_s": 0.0, "real_steps": 0, "flags": vars(args), "inputs": input_hashes(args)}
+
+
+# Flags that define what CMA-ES optimises: a resumed run must keep them.
+OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature", "time_horizon", "preset",
+                   "seed", "rnn", "initial_z", "full_covariance")
+
+
+def input_hashes(args) -> dict:
+    """The dream's files (M and its first frames): a retrained M under the same path is another objective."""
+    return {"rnn": sha256_file(args.rnn), "initial_z": sha256_file(args.initial_z)}
+
+
+def check_resume_flags(args, state: dict, path: str):
+    saved = state["flags"]
+    changed = [f"--{k} {saved[k]} (now {getattr(args, k)})" for k in OBJECTIVE_FLAGS
+               if k in saved and saved[k] != getattr(args, k)]
+    now = input_hashes(args)
+    changed += [f"another --{k} file (same path, new content)" for k, digest in state.get("inputs", {}).items()
+                if now[k] != digest]
+    if changed:
+        raise ValueError(f"{path} was trained with " + ", ".join(changed)
+                         + ": pass the same values to resume, or use a new --log_dir")
 
 
 def train(args, workers: Workers):
@@ -184,6 +206,7 @@ def train(args, workers: Workers):
         if os.path.exists(paths["es"]):
             with open(paths["es"], "rb") as f:
                 state = pickle.load(f)
+            check_resume_flags(args, state, paths["es"])
             print(f"resuming from {paths['es']} at generation {state['generation']}", flush=True)
     scorer = Scorer(args, need_vae=(workers.rank == 0 or args.env == "real"))
     if workers.rank == 0 and state is None:

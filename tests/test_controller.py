@@ -116,6 +116,9 @@ def test_train_writes_logs_and_resumes(models, tmp_path):
     assert [h[0] for h in json.load(open(f"{base}.hist.json"))] == [1, 2, 3]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["generations"] == 3 and summary["real_steps"] > 0
+    proc = run(train_cmd(models, tmp_path, "--generations", "4", "--weight_decay", "5"))   # another objective
+    assert proc.returncode != 0 and "--weight_decay 0.01 (now 5.0)" in proc.stderr
+    assert [h[0] for h in json.load(open(f"{base}.hist.json"))] == [1, 2, 3]               # logs untouched
 
 
 def test_train_is_reproducible(models, tmp_path):

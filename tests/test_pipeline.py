@@ -31,6 +31,14 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
     summary = json.load(open(tmp_path / "pipeline_summary.json"))
     assert all(s["status"] == "skipped" for s in summary["stages"])
 
+    # --force redoes every stage from scratch: nothing resumes, the same seed gives the same agent
+    best = (tmp_path / "log" / "binpacking.cma.2.4.best.json").read_text()
+    proc = pipeline(tmp_path, "--force")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert all(s["status"] == "ran" for s in json.load(open(tmp_path / "pipeline_summary.json"))["stages"])
+    assert "resuming" not in proc.stdout + proc.stderr
+    assert (tmp_path / "log" / "binpacking.cma.2.4.best.json").read_text() == best
+
     # a broken hand-off stops the pipeline at the stage that reads it, with its error
     (tmp_path / "tf_vae" / "vae.json").write_text("{ not json")
     proc = pipeline(tmp_path)
