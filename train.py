@@ -33,6 +33,10 @@ from bin_packing_environment import PRESETS, episode_seeds, make_config
 from model import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
 from stages_common import atomic_write_json, atomic_write_pickle, sha256_file
 
+# Flags that define what CMA-ES optimises: a resumed run must keep them.
+OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature", "time_horizon", "preset",
+                   "seed", "rnn", "initial_z", "full_covariance")
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,11 +178,6 @@ def new_state(args, num_params):
     es = cma.CMAEvolutionStrategy(np.zeros(num_params), args.sigma_init, opts)
     return {"es": es, "generation": 0, "hist": [], "hist_best": [], "best": None, "best_reward": -np.inf,
             "wall_s": 0.0, "real_steps": 0, "flags": vars(args), "inputs": input_hashes(args)}
-
-
-# Flags that define what CMA-ES optimises: a resumed run must keep them.
-OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature", "time_horizon", "preset",
-                   "seed", "rnn", "initial_z", "full_covariance")
 
 
 def input_hashes(args) -> dict:

@@ -121,6 +121,17 @@ def test_train_writes_logs_and_resumes(models, tmp_path):
     assert [h[0] for h in json.load(open(f"{base}.hist.json"))] == [1, 2, 3]               # logs untouched
 
 
+def test_train_refuses_to_resume_on_a_retrained_m(models, tmp_path):
+    rnn = tmp_path / "rnn.json"
+    rnn.write_bytes(open(models["rnn"], "rb").read())
+    cmd = train_cmd(dict(models, rnn=str(rnn)), tmp_path / "log", "--generations", "1", "--eval_steps", "5")
+    assert run(cmd).returncode == 0
+    with open(rnn, "a") as f:                       # same path, same weights, other bytes
+        f.write("\n")
+    proc = run(cmd[:-4] + ["--generations", "2", "--eval_steps", "5"])
+    assert proc.returncode != 0 and "another --rnn file" in proc.stderr
+
+
 def test_train_is_reproducible(models, tmp_path):
     for d in ("a", "b"):
         assert run(train_cmd(models, tmp_path / d, "--generations", "2")).returncode == 0
