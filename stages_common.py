@@ -81,6 +81,11 @@ def atomic_copy(src: str, dst: str) -> str:
     return tmp
 
 
+def changed_flags(saved: dict, now: dict) -> list[str]:
+    """'--flag saved (now value)' for each flag in `now` whose saved value differs: why a resume is refused."""
+    return [f"--{k} {saved.get(k)} (now {v})" for k, v in now.items() if saved.get(k) != v]
+
+
 def read_checkpoint(path: str, meta: dict) -> dict:
     """A training checkpoint's arrays, once its recorded flags are checked against `meta`.
 
@@ -93,7 +98,7 @@ def read_checkpoint(path: str, meta: dict) -> dict:
         raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
                          "delete it or pass --restart") from None
     saved = json.loads(str(data["meta"]))
-    diff = [f"--{k} {saved.get(k)} (now {meta[k]})" for k in meta if saved.get(k) != meta[k]]
+    diff = changed_flags(saved, meta)
     if diff:
         raise ValueError(f"checkpoint {path} was made with {', '.join(diff)}; "
                          "rerun with the same flags and data or pass --restart")

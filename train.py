@@ -31,7 +31,7 @@ import numpy as np
 
 from bin_packing_environment import PRESETS, episode_seeds, make_config
 from model import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
-from stages_common import atomic_write_json, atomic_write_pickle, sha256_file
+from stages_common import atomic_write_json, atomic_write_pickle, changed_flags, sha256_file
 
 # Flags that define what CMA-ES optimises: a resumed run must keep them.
 OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature", "time_horizon", "preset",
@@ -187,8 +187,7 @@ def input_hashes(args) -> dict:
 
 def check_resume_flags(args, state: dict, path: str):
     saved = state["flags"]
-    changed = [f"--{k} {saved[k]} (now {getattr(args, k)})" for k in OBJECTIVE_FLAGS
-               if k in saved and saved[k] != getattr(args, k)]
+    changed = changed_flags(saved, {k: getattr(args, k) for k in OBJECTIVE_FLAGS if k in saved})
     now = input_hashes(args)
     changed += [f"another --{k} file (same path, new content)" for k, digest in state.get("inputs", {}).items()
                 if now[k] != digest]
