@@ -57,7 +57,7 @@ INVALID_ACTION_PENALTY = -100.0
 
 # Independent seed streams, so that evaluation never replays an episode training saw.
 # "validation" picks checkpoints during training; "eval" is kept for final scores only.
-SEED_STREAMS = {"train": 0, "eval": 1, "rollout": 2, "play": 3, "validation": 4}
+SEED_STREAMS = {"train": 0, "eval": 1, "rollout": 2, "play": 3, "validation": 4, "starts": 5}
 
 
 def _is_integer(x) -> bool:

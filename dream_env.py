@@ -5,7 +5,10 @@ to M and samples the next z from its mixture at temperature tau, and returns M's
 reward, and the valid actions M reads from the sampled next z (probability > 0.5; opening a
 new bin is always valid).
 The picture carries no clock, so a dream ends at the preset's horizon (or earlier if M's done
-head says so). `BatchDream` runs many dreams at once for CMA-ES; `BinPackingDream` is the gym
+head says so). With `starts` (a dream_starts.npz from dream_starts.py), a dream instead begins
+at a real state: V's z of a real picture, M's h and c after the real steps that led there, and
+the real valid actions. Short dreams from such states teach the controller what the next few
+items do where it really goes, and never last long enough to drift far from reality. `BatchDream` runs many dreams at once for CMA-ES; `BinPackingDream` is the gym
 view of one dream.
 
     python dream_env.py [--temperature 1.0 --seed 0]   # play the dream with the keyboard
@@ -37,19 +40,54 @@ def load_initial_z(path: str = DEFAULT_INITIAL_Z) -> dict:
     return out
 
 
-class BatchDream:
-    """n dreams stepped together in numpy."""
+STARTS_KEYS = ("z", "h", "c", "action_mask")
 
-    def __init__(self, rnn, initial_z: dict, temperature: float = 1.0, time_horizon: int = 1000):
+
+def load_dream_starts(path: str, rnn=None, rnn_path: str | None = None) -> dict:
+    """Real states to start dreams from (dream_starts.py); refuses a file made with another M."""
+    from stages_common import sha256_file
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {k: data[k] for k in STARTS_KEYS + ("rnn_sha256", "real_steps")}
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise ValueError(f"cannot read dream starts file {path}: {type(e).__name__}: {e}") from None
+    for k in ("z", "h", "c"):
+        out[k] = out[k].astype(np.float32)
+    n = len(out["z"])
+    if n == 0 or any(out[k].ndim != 2 or len(out[k]) != n for k in STARTS_KEYS):
+        raise ValueError(f"{path}: z, h, c and action_mask must be non-empty 2-D arrays with the same rows")
+    if rnn is not None:
+        want = {"z": rnn.z_size, "h": rnn.hidden_size, "c": rnn.hidden_size, "action_mask": rnn.action_size}
+        bad = [f"{k} has width {out[k].shape[1]}, M needs {w}" for k, w in want.items() if out[k].shape[1] != w]
+        if bad:
+            raise ValueError(f"{path}: " + "; ".join(bad))
+    if rnn_path is not None and str(out["rnn_sha256"]) != sha256_file(rnn_path):
+        raise ValueError(f"{path} holds M states of another M than {rnn_path}: run dream_starts.py again")
+    return out
+
+
+class BatchDream:
+    """n dreams stepped together in numpy, begun from initial_z's first frames or from real states."""
+
+    def __init__(self, rnn, initial_z: dict, temperature: float = 1.0, time_horizon: int = 1000,
+                 starts: dict | None = None):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if initial_z["mu"].shape[1] != rnn.z_size:
             raise ValueError(f"initial z has size {initial_z['mu'].shape[1]}, M expects {rnn.z_size}")
-        self.rnn, self.initial_z = rnn, initial_z
+        self.rnn, self.initial_z, self.starts = rnn, initial_z, starts
         self.temperature, self.time_horizon = float(temperature), int(time_horizon)
 
     def reset(self, n: int, rng: np.random.Generator) -> dict:
         self.rng = rng
+        self.t = 0
+        self.done = np.zeros(n, bool)
+        if self.starts is not None:
+            pick = rng.integers(len(self.starts["z"]), size=n)
+            self.z, self.h, self.c = (self.starts[k][pick] for k in "zhc")
+            self.mask = self.starts["action_mask"][pick].copy()
+            self.mask[:, 0] = 1
+            return self.observation()
         pick = rng.integers(len(self.initial_z["mu"]), size=n)
         mu, logvar = self.initial_z["mu"][pick], self.initial_z["logvar"][pick]
         self.z = (mu + np.exp(logvar / 2) * rng.standard_normal(mu.shape)).astype(np.float32)
@@ -59,8 +97,6 @@ class BatchDream:
         else:                                   # an empty packing: only a new bin is possible
             self.mask = np.zeros((n, self.rnn.action_size), np.uint8)
         self.mask[:, 0] = 1
-        self.t = 0
-        self.done = np.zeros(n, bool)
         return self.observation()
 
     def observation(self) -> dict:

@@ -35,7 +35,7 @@ from stages_common import atomic_write_json, atomic_write_pickle, changed_flags,
 
 # Flags that define what CMA-ES optimises: a resumed run must keep them.
 OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature", "time_horizon", "preset",
-                   "seed", "rnn", "initial_z", "full_covariance")
+                   "seed", "rnn", "initial_z", "dream_starts", "full_covariance")
 
 
 def parse_args(argv=None):
@@ -64,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--vae", default=DEFAULT_VAE)
     p.add_argument("--rnn", default=DEFAULT_RNN)
     p.add_argument("--initial_z", default=DEFAULT_INITIAL_Z)
+    p.add_argument("--dream_starts", default=None,
+                   help="begin each dream at a recorded real state (dream_starts.py) instead of an empty packing; "
+                        "use with a short --time_horizon (e.g. 30)")
     args = p.parse_args(argv)
     for name in ("num_worker", "popsize", "num_episode", "generations", "eval_steps", "eval_episodes"):
         if getattr(args, name) < 1:
@@ -135,7 +138,7 @@ class Scorer:
     """Scores parameter vectors in the dream or the real environment; one per worker."""
 
     def __init__(self, args, need_vae):
-        from dream_env import BatchDream, load_initial_z
+        from dream_env import BatchDream, load_dream_starts, load_initial_z
         self.args = args
         self.config = make_config(dict(PRESETS[args.preset], time_horizon=args.eval_horizon
                                        or PRESETS[args.preset]["time_horizon"]))
@@ -145,7 +148,8 @@ class Scorer:
         horizon = args.time_horizon or self.config.time_horizon
         self.train_config = dict(PRESETS[args.preset], time_horizon=horizon)
         if args.env == "dream":
-            self.dream = BatchDream(self.rnn, load_initial_z(args.initial_z), args.temperature, horizon)
+            starts = load_dream_starts(args.dream_starts, self.rnn, args.rnn) if args.dream_starts else None
+            self.dream = BatchDream(self.rnn, load_initial_z(args.initial_z), args.temperature, horizon, starts)
 
     def score(self, solutions, generation, rank):
         """Mean reward per solution and the real-environment steps it consumed."""
@@ -181,8 +185,12 @@ def new_state(args, num_params):
 
 
 def input_hashes(args) -> dict:
-    """The dream's files (M and its first frames): a retrained M under the same path is another objective."""
-    return {"rnn": sha256_file(args.rnn), "initial_z": sha256_file(args.initial_z)}
+    """The dream's files (M, its first frames, its start states): new content under the same path is
+    another objective."""
+    hashes = {"rnn": sha256_file(args.rnn), "initial_z": sha256_file(args.initial_z)}
+    if getattr(args, "dream_starts", None):
+        hashes["dream_starts"] = sha256_file(args.dream_starts)
+    return hashes
 
 
 def check_resume_flags(args, state: dict, path: str):
@@ -190,7 +198,7 @@ def check_resume_flags(args, state: dict, path: str):
     changed = changed_flags(saved, {k: getattr(args, k) for k in OBJECTIVE_FLAGS if k in saved})
     now = input_hashes(args)
     changed += [f"another --{k} file (same path, new content)" for k, digest in state.get("inputs", {}).items()
-                if now[k] != digest]
+                if now.get(k) != digest]
     if changed:
         raise ValueError(f"{path} was trained with " + ", ".join(changed)
                          + ": pass the same values to resume, or use a new --log_dir")
@@ -255,8 +263,10 @@ def train(args, workers: Workers):
         bar.update(1)
     if workers.rank == 0:
         bar.close()
+        starts = getattr(getattr(scorer, "dream", None), "starts", None)   # their real steps count too
         summary = {"env": args.env, "generations": state["generation"], "wall_s": round(state["wall_s"], 1),
                    "real_steps": state["real_steps"], "best_real_reward": state["best_reward"],
+                   "dream_starts_real_steps": int(starts["real_steps"]) if starts is not None else 0,
                    "best_file": paths["best"]}
         print(json.dumps(summary))
         return summary

@@ -214,3 +214,122 @@ def test_keyboard_play_in_the_dream(models):
     game.key("2"), game.key("9"), game.key("return")    # refused unless M says level 29 is valid
     assert game.steps == 1 + valid
     assert valid or "not a valid" in game.message
+
+
+# ---------------------------------------------------------------- dreams begun at real states
+
+def starts_cmd(models, out, *extra):
+    return [sys.executable, "dream_starts.py", "--rnn", models["rnn"], "--vae", models["vae"], "--out", str(out),
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_series(models, tmp_path_factory):
+    """Two recorded episodes (7 and 4 steps) as series.py writes them."""
+    rng = np.random.default_rng(3)
+    lengths = np.array([7, 4])
+    mu = rng.normal(size=(11, 32)).astype(np.float16)
+    mask = (rng.random((11, 30)) < 0.5).astype(np.uint8)
+    path = tmp_path_factory.mktemp("series") / "series.npz"
+    np.savez(path, mu=mu, logvar=mu, action=rng.integers(30, size=11).astype(np.int16), action_mask=mask,
+             reward=np.zeros(11, np.float32), done=np.zeros(11, bool), episode_lengths=lengths,
+             episode_names=np.array(["a", "b"]), vae_sha256=np.array("0" * 64))
+    return str(path)
+
+
+def test_dream_starts_from_the_series_are_m_states_along_the_episodes(models, tiny_series, tmp_path):
+    from dream_env import load_dream_starts
+    from model import load_rnn
+    proc = run(starts_cmd(models, tmp_path / "s.npz", "--series", tiny_series, "--per_episode", "5"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rnn = load_rnn(models["rnn"])
+    starts = load_dream_starts(str(tmp_path / "s.npz"), rnn, models["rnn"])
+    assert len(starts["z"]) == 5 + 4 and int(starts["real_steps"]) == 0
+    s = np.load(tiny_series)
+    by_hand = {}                                   # z row -> (h, c, mask) stepping M by hand
+    for first, n in ((0, 7), (7, 4)):
+        h, c = rnn.initial_state(1)
+        for row in range(first, first + n):
+            by_hand[s["mu"][row].tobytes()] = (h[0], c[0], s["action_mask"][row])
+            h, c, _ = rnn.step(s["mu"][row][None].astype(np.float32), s["action"][row:row + 1].astype(np.int64), h, c)
+    for z, h, c, mask in zip(starts["z"], starts["h"], starts["c"], starts["action_mask"]):
+        want = by_hand[z.astype(np.float16).tobytes()]
+        assert np.allclose(h, want[0], atol=2e-3) and np.allclose(c, want[1], atol=2e-3) and (mask == want[2]).all()
+    # every step of the short episode was kept (it has fewer than --per_episode steps)
+    kept = {z.astype(np.float16).tobytes() for z in starts["z"]}
+    assert all(s["mu"][row].tobytes() in kept for row in range(7, 11))
+
+
+def test_dream_starts_from_the_controller_count_their_real_steps(models, tmp_path):
+    from model import load_vae
+    params = tmp_path / "c.json"
+    params.write_text(json.dumps([np.zeros(Controller(32, 16, 30).num_params).tolist(), 0.0]))
+    proc = run(starts_cmd(models, tmp_path / "s.npz", "--controller", str(params), "--episodes", "3",
+                          "--per_episode", "100", "--time_horizon", "5", "--epsilon", "0", "--seed", "1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["real_steps"] == 15
+    starts = np.load(tmp_path / "s.npz")
+    assert len(starts["z"]) == 15 and int(starts["real_steps"]) == 15
+    first = np.abs(starts["h"].astype(np.float32)).sum(1) == 0       # the three t = 0 states: h = 0
+    assert first.sum() == 3
+    from bin_packing_environment import BatchBinPacking
+    env = BatchBinPacking(dict(PRESETS["perfect_pack"], time_horizon=5), 3, pictures=True)
+    z0, _ = load_vae(models["vae"]).encode_mu_logvar(env.reset(episode_seeds(1, 3, "starts"))["picture"])
+    assert np.allclose(np.sort(starts["z"][first], 0), np.sort(z0, 0), atol=1e-5)
+
+
+def test_epsilon_greedy_explores_only_valid_actions():
+    from dream_starts import EpsilonGreedy
+    c = Controller(4, 6, 30)
+    rng = np.random.default_rng(0)
+    params = rng.normal(size=(1, c.num_params))
+    x, mask = rng.normal(size=(1, 50, 10)), rng.random((1, 50, 30)) < 0.3
+    mask[..., 0] = True
+    greedy = c.act(params, x, mask)
+    assert (EpsilonGreedy(c, np.zeros(50), rng).act(params, x, mask) == greedy).all()
+    explored = EpsilonGreedy(c, np.ones(50), rng).act(params, x, mask)
+    assert np.take_along_axis(mask, explored[..., None], -1).all() and (explored != greedy).any()
+
+
+def test_dream_begins_at_the_recorded_states(models, tiny_series, tmp_path):
+    from dream_env import BatchDream, load_dream_starts, load_initial_z
+    from model import load_rnn
+    assert run(starts_cmd(models, tmp_path / "s.npz", "--series", tiny_series, "--per_episode", "2")).returncode == 0
+    rnn = load_rnn(models["rnn"])
+    starts = load_dream_starts(str(tmp_path / "s.npz"), rnn, models["rnn"])
+    dream = BatchDream(rnn, load_initial_z(models["initial_z"]), 1.0, 3, starts)
+    obs = dream.reset(6, np.random.default_rng(0))
+    rows = [int(np.flatnonzero((starts["z"] == z).all(1))[0]) for z in obs["z"]]
+    assert np.array_equal(obs["h"], starts["h"][rows]) and np.array_equal(dream.c, starts["c"][rows])
+    assert (obs["action_mask"][:, 1:] == starts["action_mask"][rows, 1:]).all() and (obs["action_mask"][:, 0] == 1).all()
+    h, _, out = rnn.step(obs["z"], np.zeros(6, int), starts["h"][rows], starts["c"][rows])
+    _, reward, _, _ = dream.step(np.zeros(6, int))
+    assert np.allclose(dream.h, h) and np.allclose(reward, out["reward"])
+
+
+def test_train_in_dreams_begun_at_real_states(models, tiny_series, tmp_path):
+    from rnn.rnn import MDNRNN
+    assert run(starts_cmd(models, tmp_path / "s.npz", "--series", tiny_series)).returncode == 0
+    proc = run(train_cmd(models, tmp_path / "log", "--generations", "2", "--dream_starts", str(tmp_path / "s.npz")))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["generations"] == 2 and summary["dream_starts_real_steps"] == 0
+    # starts made with another M are refused, and so is a resume with other starts
+    MDNRNN(hidden_size=16, seed=1).save_json(str(tmp_path / "other_rnn.json"))
+    proc = run(train_cmd(dict(models, rnn=str(tmp_path / "other_rnn.json")), tmp_path / "log2", "--generations", "1",
+                         "--dream_starts", str(tmp_path / "s.npz")))
+    assert proc.returncode != 0 and "another M" in proc.stderr
+    proc = run(train_cmd(models, tmp_path / "log", "--generations", "3"))
+    assert proc.returncode != 0 and "--dream_starts" in proc.stderr
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    proc = run(train_cmd(models, tmp_path / "log3", "--generations", "1", "--dream_starts", str(tmp_path / "bad.npz")))
+    assert proc.returncode != 0 and "cannot read dream starts file" in proc.stderr
+
+
+def test_dream_starts_rejects_bad_flags(models, tmp_path):
+    proc = run(starts_cmd(models, tmp_path / "s.npz", "--series", str(tmp_path / "missing.npz")))
+    assert proc.returncode == 2 and "missing.npz" in proc.stderr
+    proc = run(starts_cmd(models, tmp_path / "s.npz", "--controller", "x.json", "--epsilon", "2"))
+    assert proc.returncode == 2 and "--epsilon" in proc.stderr
+    proc = run(starts_cmd(models, tmp_path / "s.npz"))
+    assert proc.returncode == 2 and "--controller" in proc.stderr
