@@ -5,7 +5,9 @@
 
 Every stage is the ordinary stage script run as a subprocess, writing under --work_dir:
 rollouts (extract.py) -> V (vae_train.py) -> series.py -> M (rnn_train.py) -> copy_models.py
--> dream fidelity -> C in the dream (train.py) -> evaluation on the real env (model.py).
+-> dream fidelity -> [dream starts (dream_starts.py)] -> C in the dream (train.py) -> evaluation
+on the real env (model.py). A scale with `starts_per_episode` begins its dreams at recorded real
+states (M run along the recorded episodes; no new real steps) instead of empty packings.
 A stage whose command and input files are unchanged since it last succeeded is skipped; a stage
 killed half way resumes, because every training script resumes from its own checkpoint; a stage
 that succeeded before but is re-run (its command or inputs changed, or --force) first removes
@@ -32,6 +34,7 @@ SCALES = {
     "tiny": dict(rollouts=[(6, 0.3)], horizon=30, vae_epochs=1, frames_per_episode=10, vae_lr=1e-3,
                  rnn_steps=20, seq_len=10, popsize=4, num_episode=2, generations=2, dream_horizon=10,
                  weight_decay=0.01, eval_steps=2, eval_episodes=2, eval_horizon=30, workers=1, final_episodes=3,
+                 starts_per_episode=5,
                  fidelity_episodes=2, fidelity_extra=["--ranking_horizons", "10", "--ranking_episodes", "4",
                                                       "--ranking_real_episodes", "2"]),
     "small": dict(rollouts=[(300, 0.2), (200, 0.5)], horizon=None, vae_epochs=40, frames_per_episode=50,
@@ -56,6 +59,14 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
     best = j("log", f"binpacking.cma.{s['num_episode']}.{s['popsize']}.best.json")
     eval_horizon = ["--eval_horizon", str(s["eval_horizon"])] if s["eval_horizon"] else []
     dream_horizon = ["--time_horizon", str(s["dream_horizon"])] if s["dream_horizon"] else []
+    starts = j("starts", "dream_starts.npz")
+    starts_stage = [dict(name="dream_starts", commands=[[py, "dream_starts.py", "--series", j("series", "series.npz"),
+                                                          "--rnn", j("rnn", "rnn.json"), "--per_episode",
+                                                          str(s["starts_per_episode"]), "--out", starts,
+                                                          "--seed", str(seed)]],
+                         inputs=[j("series", "series.npz"), j("rnn", "rnn.json")], outputs=[starts])
+                    ] if s.get("starts_per_episode") else []
+    starts_flag = ["--dream_starts", starts] if starts_stage else []
     return [
         dict(name="rollouts", commands=rollouts, inputs=[], outputs=[j("record")], fresh=[j("record")]),
         dict(name="vae", commands=[[py, "vae_train.py", "--record_dir", j("record"), "--out_dir", j("tf_vae"),
@@ -83,6 +94,7 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                                                *s.get("fidelity_extra", [])]],
              inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")],
              outputs=[j("dream_fidelity.json")]),
+        *starts_stage,
         dict(name="controller", commands=[[py, "train.py", "--vae", j("vae", "vae.json"), "--rnn", j("rnn", "rnn.json"),
                                            "--initial_z", j("initial_z", "initial_z.json"), "--log_dir", j("log"),
                                            "--popsize", str(s["popsize"]), "--num_episode", str(s["num_episode"]),
@@ -90,8 +102,9 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                                            "--weight_decay", str(s["weight_decay"]),
                                            "--eval_steps", str(s["eval_steps"]),
                                            "--eval_episodes", str(s["eval_episodes"]), "--num_worker",
-                                           str(s["workers"]), "--seed", str(seed), *eval_horizon]],
-             inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")], outputs=[best],
+                                           str(s["workers"]), "--seed", str(seed), *eval_horizon, *starts_flag]],
+             inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json"),
+                     *starts_flag[1:]], outputs=[best],
              fresh=[j("log")]),
         dict(name="evaluation", commands=[[py, "model.py", "norender", best, "--vae", j("vae", "vae.json"),
                                            "--rnn", j("rnn", "rnn.json"), "--episodes", str(s["final_episodes"]),

@@ -17,12 +17,13 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.load(open(tmp_path / "pipeline_summary.json"))
     names = [s["stage"] for s in summary["stages"]]
-    assert names == ["rollouts", "vae", "series", "rnn", "copy", "dream_fidelity", "controller", "evaluation"]
+    assert names == ["rollouts", "vae", "series", "rnn", "copy", "dream_fidelity", "dream_starts", "controller",
+                     "evaluation"]
     assert all(s["status"] == "ran" for s in summary["stages"])
     policies = [r["policy"] for r in summary["evaluation"]]
     assert policies == ["world_model", "best_fit"] and all(r["episodes"] == 3 for r in summary["evaluation"])
     for path in ("vae/vae.json", "rnn/rnn.json", "initial_z/initial_z.json", "series/series.npz",
-                 "log/binpacking.cma.2.4.best.json", "dream_fidelity.json"):
+                 "log/binpacking.cma.2.4.best.json", "dream_fidelity.json", "starts/dream_starts.npz"):
         assert (tmp_path / path).exists(), path
 
     # nothing changed: every stage is skipped
