@@ -114,11 +114,47 @@ class BatchDream:
         return self.observation(), reward, self.done.copy(), {"done_prob": out["done_prob"]}
 
 
+class CommonRandomNumbers:
+    """A Generator stand-in giving dream e of every population member the same random draws.
+
+    Rows are laid out member-major (row = member * episodes + e), so each draw is made for one
+    member's rows and tiled. Candidates are then compared on the same dreams (same starts, same
+    sampled items as far as their actions agree), so CMA-ES ranks them by their play, not by luck.
+    """
+
+    def __init__(self, rng: np.random.Generator, copies: int):
+        self.rng, self.copies = rng, int(copies)
+
+    def _tiled(self, draw, size):
+        size = (size,) if np.isscalar(size) else tuple(size)
+        if size[0] % self.copies:
+            raise ValueError(f"{size[0]} rows do not split into {self.copies} equal copies")
+        one = draw((size[0] // self.copies,) + size[1:])
+        return np.tile(one, (self.copies,) + (1,) * (len(size) - 1))
+
+    def random(self, size):
+        return self._tiled(self.rng.random, size)
+
+    def standard_normal(self, size):
+        return self._tiled(self.rng.standard_normal, size)
+
+    def gumbel(self, size):
+        return self._tiled(lambda s: self.rng.gumbel(size=s), size)
+
+    def integers(self, high, size):
+        return self._tiled(lambda s: self.rng.integers(high, size=s), size)
+
+
 def rollout_dream(controller, params, dream: BatchDream, episodes: int, rng: np.random.Generator,
-                  sample_actions: bool = False):
-    """Total dreamed reward (P, episodes) of P parameter vectors, all dreams stepped together."""
+                  sample_actions: bool = False, common_random_numbers: bool = False):
+    """Total dreamed reward (P, episodes) of P parameter vectors, all dreams stepped together.
+
+    With common_random_numbers, every member plays the same `episodes` dreams (CommonRandomNumbers).
+    """
     params = np.atleast_2d(np.asarray(params, np.float32))
     P = len(params)
+    if common_random_numbers:
+        rng = CommonRandomNumbers(rng, P)
     obs = dream.reset(P * episodes, rng)
     total = np.zeros(P * episodes)
     done = np.zeros(P * episodes, bool)

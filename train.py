@@ -35,7 +35,7 @@ from stages_common import atomic_write_json, atomic_write_pickle, changed_flags,
 
 # Flags that define what CMA-ES optimises: a resumed run must keep them.
 OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature", "time_horizon", "preset",
-                   "seed", "rnn", "initial_z", "dream_starts", "full_covariance")
+                   "seed", "rnn", "initial_z", "dream_starts", "common_random_numbers", "full_covariance")
 
 
 def parse_args(argv=None):
@@ -64,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--vae", default=DEFAULT_VAE)
     p.add_argument("--rnn", default=DEFAULT_RNN)
     p.add_argument("--initial_z", default=DEFAULT_INITIAL_Z)
+    p.add_argument("--common_random_numbers", action="store_true",
+                   help="score every candidate on the same dreams (same starts and random draws), so that "
+                        "CMA-ES compares their play rather than their luck (the original drew them apart)")
     p.add_argument("--dream_starts", default=None,
                    help="begin each dream at a recorded real state (dream_starts.py) instead of an empty packing; "
                         "use with a short --time_horizon (e.g. 30)")
@@ -157,10 +160,13 @@ class Scorer:
             os._exit(3)
         if len(solutions) == 0:
             return np.zeros(0), 0
-        rng = np.random.default_rng([self.args.seed, generation, rank])
+        # common random numbers: every rank draws the same dreams, so members on other ranks share them too
+        rng = np.random.default_rng([self.args.seed, generation] if self.args.common_random_numbers
+                                    else [self.args.seed, generation, rank])
         if self.args.env == "dream":
             from dream_env import rollout_dream
-            totals, _ = rollout_dream(self.controller, solutions, self.dream, self.args.num_episode, rng)
+            totals, _ = rollout_dream(self.controller, solutions, self.dream, self.args.num_episode, rng,
+                                      common_random_numbers=self.args.common_random_numbers)
             return totals.mean(1), 0
         seeds = episode_seeds((self.args.seed, generation, rank), self.args.num_episode, "train")
         totals, steps = rollout_real(self.controller, solutions, self.vae, self.rnn, self.train_config, seeds)

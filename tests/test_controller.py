@@ -333,3 +333,25 @@ def test_dream_starts_rejects_bad_flags(models, tmp_path):
     assert proc.returncode == 2 and "--epsilon" in proc.stderr
     proc = run(starts_cmd(models, tmp_path / "s.npz"))
     assert proc.returncode == 2 and "--controller" in proc.stderr
+
+
+def test_common_random_numbers_give_every_member_the_same_dreams(models):
+    from dream_env import BatchDream, load_initial_z, rollout_dream
+    from model import load_rnn
+    rnn = load_rnn(models["rnn"])
+    dream = BatchDream(rnn, load_initial_z(models["initial_z"]), temperature=1.0, time_horizon=8)
+    c = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    same = np.tile(np.random.default_rng(1).normal(size=c.num_params) * 0.1, (3, 1))
+    shared, _ = rollout_dream(c, same, dream, 4, np.random.default_rng(5), sample_actions=True,
+                              common_random_numbers=True)
+    assert (shared == shared[0]).all() and len(set(shared[0])) > 1      # same dreams per member, not per episode
+    apart, _ = rollout_dream(c, same, dream, 4, np.random.default_rng(5), sample_actions=True)
+    assert not (apart == apart[0]).all()
+
+
+def test_train_with_common_random_numbers_on_two_workers(models, tmp_path):
+    proc = run(train_cmd(models, tmp_path, "--generations", "1", "--eval_steps", "5", "--num_worker", "2",
+                         "--common_random_numbers"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run(train_cmd(models, tmp_path, "--generations", "2", "--eval_steps", "5"))
+    assert proc.returncode != 0 and "--common_random_numbers" in proc.stderr
