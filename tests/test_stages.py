@@ -364,6 +364,27 @@ def test_dream_fidelity_ranks_fixed_policies(installed, record, tmp_path):
     assert again["policy_ranking"]["horizons"] == ranking["horizons"]          # same seed, same numbers
 
 
+def test_dream_fidelity_ranks_in_dreams_begun_at_real_states(installed, record, series_file, tmp_path, capsys):
+    import dream_starts
+    rnn_json = installed / "rnn" / "rnn.json"
+    series_file = series_file[0]
+    run(dream_starts.main, ["--series", series_file, "--rnn", rnn_json, "--per_episode", 3,
+                            "--out", tmp_path / "starts.npz"])
+    argv = ["--record_dir", record, "--vae", installed / "vae" / "vae.json", "--rnn", rnn_json,
+            "--out", tmp_path / "f.json", "--ranking_horizons", "5", "--ranking_episodes", 4,
+            "--ranking_real_episodes", 2, "--episodes", 1]
+    plain, _ = run(dream_fidelity.main, argv)
+    started, text = run(dream_fidelity.main, argv + ["--dream_starts", tmp_path / "starts.npz"])
+    assert started["policy_ranking"]["dream_starts"] == str(tmp_path / "starts.npz") and "real states" in text
+    assert started["policy_ranking"]["horizons"] != plain["policy_ranking"]["horizons"]
+    assert started["policy_ranking"]["real"] == plain["policy_ranking"]["real"]
+    from rnn.rnn import MDNRNN
+    MDNRNN(hidden_size=8).save_json(tmp_path / "other.json")
+    run(dream_starts.main, ["--series", series_file, "--rnn", tmp_path / "other.json", "--out", tmp_path / "o.npz"])
+    err = run_fails(dream_fidelity.main, argv + ["--dream_starts", tmp_path / "o.npz"], capsys)
+    assert "another M" in err or "width" in err
+
+
 def test_dream_fidelity_fixed_policies_score_the_same_without_v_and_m(installed):
     """fixed_policy skips V and M; with W = 0 that cannot change a real total."""
     from model import Controller, load_rnn, load_vae, rollout_real
