@@ -145,25 +145,42 @@ class CommonRandomNumbers:
         return self._tiled(lambda s: self.rng.integers(high, size=s), size)
 
 
+def picture_waste(vae, z, bin_size: int) -> np.ndarray:
+    """Waste (free space in open bins) of the packing V draws for z, read off the decoded picture."""
+    from bin_packing_environment import decode_pictures
+    counts = decode_pictures(vae.decode(z), bin_size)[:, 1:bin_size]
+    return (counts * (bin_size - np.arange(1, bin_size))).sum(1).astype(np.float64)
+
+
 def rollout_dream(controller, params, dream: BatchDream, episodes: int, rng: np.random.Generator,
-                  sample_actions: bool = False, common_random_numbers: bool = False):
+                  sample_actions: bool = False, common_random_numbers: bool = False, picture_vae=None):
     """Total dreamed reward (P, episodes) of P parameter vectors, all dreams stepped together.
 
     With common_random_numbers, every member plays the same `episodes` dreams (CommonRandomNumbers).
+    With picture_vae, a dream's reward is not the sum of M's reward head but the waste of the first
+    dreamed packing minus that of the last, both read off V's decoded pictures: the real rewards
+    telescope to exactly that (+item into a bin, -(bin size - item) for a new one), so the per-step
+    errors of M's reward head cannot add up.
     """
     params = np.atleast_2d(np.asarray(params, np.float32))
     P = len(params)
     if common_random_numbers:
         rng = CommonRandomNumbers(rng, P)
     obs = dream.reset(P * episodes, rng)
+    first_z = last_z = obs["z"]
     total = np.zeros(P * episodes)
     done = np.zeros(P * episodes, bool)
     while not done.all():
         x = np.concatenate([obs["z"], obs["h"]], axis=1).reshape(P, episodes, -1)
         mask = obs["action_mask"].reshape(P, episodes, -1)
         actions = controller.act(params, x, mask, rng if sample_actions else None).reshape(-1)
+        was_done = done
         obs, reward, done, _ = dream.step(actions)
+        last_z = np.where(was_done[:, None], last_z, obs["z"])
         total += reward
+    if picture_vae is not None:
+        bin_size = dream.rnn.action_size
+        total = picture_waste(picture_vae, first_z, bin_size) - picture_waste(picture_vae, last_z, bin_size)
     return total.reshape(P, episodes), dream.t * P * episodes
 
 

@@ -35,7 +35,8 @@ from stages_common import atomic_write_json, atomic_write_pickle, changed_flags,
 
 # Flags that define what CMA-ES optimises: a resumed run must keep them.
 OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature", "time_horizon", "preset",
-                   "seed", "rnn", "initial_z", "dream_starts", "common_random_numbers", "full_covariance")
+                   "seed", "rnn", "initial_z", "dream_starts", "common_random_numbers", "dream_reward",
+                   "full_covariance")
 
 
 def parse_args(argv=None):
@@ -67,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--common_random_numbers", action="store_true",
                    help="score every candidate on the same dreams (same starts and random draws), so that "
                         "CMA-ES compares their play rather than their luck (the original drew them apart)")
+    p.add_argument("--dream_reward", choices=["m", "picture"], default="m",
+                   help="m: the sum of M's reward head (World Models); picture: the waste of the first dreamed "
+                        "packing minus that of the last, read off V's decoded pictures (needs --vae)")
     p.add_argument("--dream_starts", default=None,
                    help="begin each dream at a recorded real state (dream_starts.py) instead of an empty packing; "
                         "use with a short --time_horizon (e.g. 30)")
@@ -166,7 +170,8 @@ class Scorer:
         if self.args.env == "dream":
             from dream_env import rollout_dream
             totals, _ = rollout_dream(self.controller, solutions, self.dream, self.args.num_episode, rng,
-                                      common_random_numbers=self.args.common_random_numbers)
+                                      common_random_numbers=self.args.common_random_numbers,
+                                      picture_vae=self.vae if self.args.dream_reward == "picture" else None)
             return totals.mean(1), 0
         seeds = episode_seeds((self.args.seed, generation, rank), self.args.num_episode, "train")
         totals, steps = rollout_real(self.controller, solutions, self.vae, self.rnn, self.train_config, seeds)
@@ -220,7 +225,7 @@ def train(args, workers: Workers):
                 state = pickle.load(f)
             check_resume_flags(args, state, paths["es"])
             print(f"resuming from {paths['es']} at generation {state['generation']}", flush=True)
-    scorer = Scorer(args, need_vae=(workers.rank == 0 or args.env == "real"))
+    scorer = Scorer(args, need_vae=(workers.rank == 0 or args.env == "real" or args.dream_reward == "picture"))
     if workers.rank == 0 and state is None:
         state = new_state(args, scorer.controller.num_params)
     generation = workers.bcast(state["generation"] if state else None)

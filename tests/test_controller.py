@@ -355,3 +355,61 @@ def test_train_with_common_random_numbers_on_two_workers(models, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = run(train_cmd(models, tmp_path, "--generations", "2", "--eval_steps", "5"))
     assert proc.returncode != 0 and "--common_random_numbers" in proc.stderr
+
+
+class PictureOfState:
+    """A stand-in V whose decoder draws state number round(z[0]) of a list exactly."""
+
+    def __init__(self, states):
+        from bin_packing_environment import encode_states
+        self.pictures = encode_states(np.asarray(states))
+
+    def decode(self, z):
+        return self.pictures[np.clip(np.round(np.asarray(z)[:, 0]).astype(int), 0, len(self.pictures) - 1)]
+
+
+def test_rewards_telescope_to_the_waste_read_off_the_pictures():
+    """The premise of --dream_reward picture: real rewards over any window sum to the waste before
+    minus the waste after, and picture_waste reads that waste off the picture."""
+    from bin_packing_environment import BatchBinPacking
+    from dream_env import picture_waste
+    env = BatchBinPacking(dict(PRESETS["perfect_pack"], time_horizon=60), 5)
+    obs = env.reset(episode_seeds(0, 5, "eval"))
+    states, rewards = [obs["state"]], []
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        obs, r, _, _ = env.step(baselines.random_valid_from_uniforms(obs["action_mask"], rng.random(5)))
+        states.append(obs["state"])
+        rewards.append(r)
+    states, rewards = np.stack(states), np.stack(rewards)            # (61, 5, B + 1), (60, 5)
+    flat = states.reshape(-1, states.shape[-1])
+    waste = picture_waste(PictureOfState(flat), np.arange(len(flat), dtype=np.float32)[:, None], 30)
+    waste = waste.reshape(61, 5)
+    for start, end in ((0, 60), (7, 37), (20, 21)):
+        assert np.allclose(rewards[start:end].sum(0), waste[start] - waste[end])
+
+
+def test_picture_reward_of_a_dream_is_the_waste_difference(models):
+    from dream_env import BatchDream, load_initial_z, picture_waste, rollout_dream
+    from model import load_rnn
+    rnn = load_rnn(models["rnn"])
+    states = np.zeros((40, 31), int)
+    states[:, 1:30] = np.random.default_rng(0).integers(0, 4, size=(40, 29))
+    states[:, -1] = 3
+    vae = PictureOfState(states)
+    dream = BatchDream(rnn, load_initial_z(models["initial_z"]), temperature=1.0, time_horizon=1)
+    c = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    params = np.random.default_rng(1).normal(size=(2, c.num_params)) * 0.1
+    pic, _ = rollout_dream(c, params, dream, 3, np.random.default_rng(5), picture_vae=vae)
+    m, _ = rollout_dream(c, params, dream, 3, np.random.default_rng(5))
+    last = dream.z                                   # one step: every dream ends at the same z as above
+    first = BatchDream(rnn, load_initial_z(models["initial_z"]), 1.0, 1).reset(6, np.random.default_rng(5))["z"]
+    expected = picture_waste(vae, first, 30) - picture_waste(vae, last, 30)
+    assert np.allclose(pic.reshape(-1), expected) and not np.allclose(pic, m)
+
+
+def test_train_with_the_picture_reward(models, tmp_path):
+    proc = run(train_cmd(models, tmp_path, "--generations", "1", "--eval_steps", "5", "--dream_reward", "picture"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run(train_cmd(models, tmp_path, "--generations", "2", "--eval_steps", "5"))
+    assert proc.returncode != 0 and "--dream_reward picture" in proc.stderr
