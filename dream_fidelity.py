@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking_real_episodes", type=positive_int, default=50,
                    help="real episodes per policy (validation seeds, the preset's horizon)")
     p.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS), help="real environment of the ranking")
+    p.add_argument("--dream_reward", choices=["m", "picture"], default="m",
+                   help="the ranking dreams' reward: M's reward head summed, or the waste difference of the first "
+                        "and last dreamed pictures (as train.py --dream_reward)")
     p.add_argument("--dream_starts", default=None,
                    help="begin the ranking dreams at these recorded real states (dream_starts.py) instead of "
                         "initial z: how well do short dreams from real states order the policies?")
@@ -229,7 +232,8 @@ def with_m_reward(policy, vae, rnn, n: int):
 
 
 def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_episodes: int, config,
-                  temperature: float = 1.0, seed: int = 0, vae=None, starts: dict | None = None) -> dict:
+                  temperature: float = 1.0, seed: int = 0, vae=None, starts: dict | None = None,
+                  picture_reward: bool = False) -> dict:
     """Best Fit vs Worst Fit in the dream (per horizon) and in the real env: same order?
 
     With a VAE, M also sums its predicted rewards along the real episodes ("M on real"): its
@@ -255,7 +259,8 @@ def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_epis
     rows = []
     for k in horizons:
         dream = BatchDream(rnn, initial_z, temperature, k, starts)
-        totals, _ = rollout_dream(controller, params, dream, dream_episodes, rng)
+        totals, _ = rollout_dream(controller, params, dream, dream_episodes, rng,
+                                  picture_vae=vae if picture_reward else None)
         means = totals.mean(1)
         rows.append({"horizon": int(k), "dream": dict(zip(RANKED, map(float, means))),
                      "agrees": bool(np.sign(means[0] - means[1]) == real_sign)})
@@ -419,8 +424,9 @@ def main(argv=None):
             print(f"the ranking dreams begin at the {len(starts['z'])} real states of {args.dream_starts}")
         ranking = rank_policies(rnn, initial_z, ranking_horizons, args.ranking_episodes,
                                 args.ranking_real_episodes, config, args.temperature, args.seed, vae=vae,
-                                starts=starts)
-        ranking.update(initial_z=initial_z_path, preset=args.preset, dream_starts=args.dream_starts)
+                                starts=starts, picture_reward=args.dream_reward == "picture")
+        ranking.update(initial_z=initial_z_path, preset=args.preset, dream_starts=args.dream_starts,
+                       dream_reward=args.dream_reward)
         ranking["table"] = ranking_markdown(ranking)
         print(ranking["table"])
     result = {"episodes": [episode_name(p) for p, _ in episodes], "episodes_source": source,

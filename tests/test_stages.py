@@ -378,6 +378,9 @@ def test_dream_fidelity_ranks_in_dreams_begun_at_real_states(installed, record, 
     assert started["policy_ranking"]["dream_starts"] == str(tmp_path / "starts.npz") and "real states" in text
     assert started["policy_ranking"]["horizons"] != plain["policy_ranking"]["horizons"]
     assert started["policy_ranking"]["real"] == plain["policy_ranking"]["real"]
+    pictured, _ = run(dream_fidelity.main, argv + ["--dream_starts", tmp_path / "starts.npz", "--dream_reward", "picture"])
+    assert pictured["policy_ranking"]["dream_reward"] == "picture"
+    assert pictured["policy_ranking"]["horizons"] != started["policy_ranking"]["horizons"]
     from rnn.rnn import MDNRNN
     MDNRNN(hidden_size=8).save_json(tmp_path / "other.json")
     run(dream_starts.main, ["--series", series_file, "--rnn", tmp_path / "other.json", "--out", tmp_path / "o.npz"])
