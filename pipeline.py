@@ -6,8 +6,10 @@
 Every stage is the ordinary stage script run as a subprocess, writing under --work_dir:
 rollouts (extract.py) -> V (vae_train.py) -> series.py -> M (rnn_train.py) -> copy_models.py
 -> dream fidelity -> [dream starts (dream_starts.py)] -> C in the dream (train.py) -> evaluation
-on the real env (model.py). A scale with `starts_per_episode` begins its dreams at recorded real
-states (M run along the recorded episodes; no new real steps) instead of empty packings.
+on the real env (model.py). tiny and small begin their dreams at recorded real states (M run
+along the recorded episodes; no new real steps) and score a dream by the waste of its decoded
+first and last pictures, with common random numbers (README: "Dreams begun at real states");
+paper keeps the original's dreams from empty packings scored by M's reward head.
 A stage whose command and input files are unchanged since it last succeeded is skipped; a stage
 killed half way resumes, because every training script resumes from its own checkpoint; a stage
 that succeeded before but is re-run (its command or inputs changed, or --force) first removes
@@ -34,13 +36,14 @@ SCALES = {
     "tiny": dict(rollouts=[(6, 0.3)], horizon=30, vae_epochs=1, frames_per_episode=10, vae_lr=1e-3,
                  rnn_steps=20, seq_len=10, popsize=4, num_episode=2, generations=2, dream_horizon=10,
                  weight_decay=0.01, eval_steps=2, eval_episodes=2, eval_horizon=30, workers=1, final_episodes=3,
-                 starts_per_episode=5,
+                 starts_per_episode=5, dream_reward="picture", common_random_numbers=True,
                  fidelity_episodes=2, fidelity_extra=["--ranking_horizons", "10", "--ranking_episodes", "4",
                                                       "--ranking_real_episodes", "2"]),
     "small": dict(rollouts=[(300, 0.2), (200, 0.5)], horizon=None, vae_epochs=40, frames_per_episode=50,
                   vae_lr=5e-4, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16, generations=30,
-                  dream_horizon=100, weight_decay=400, eval_steps=2, eval_episodes=100, eval_horizon=None,
-                  workers=1, final_episodes=1000, fidelity_episodes=20),
+                  dream_horizon=30, weight_decay=400, eval_steps=2, eval_episodes=100, eval_horizon=None,
+                  workers=1, final_episodes=1000, fidelity_episodes=20, starts_per_episode=100,
+                  dream_reward="picture", common_random_numbers=True),
     "paper": dict(rollouts=[(6000, 0.2), (4000, 0.5)], horizon=None, vae_epochs=10, frames_per_episode=0,
                   vae_lr=1e-4, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16, generations=1000,
                   dream_horizon=None, weight_decay=0.01, eval_steps=25, eval_episodes=1024, eval_horizon=None,
@@ -67,6 +70,8 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                          inputs=[j("series", "series.npz"), j("rnn", "rnn.json")], outputs=[starts])
                     ] if s.get("starts_per_episode") else []
     starts_flag = ["--dream_starts", starts] if starts_stage else []
+    dream_flags = ((["--dream_reward", s["dream_reward"]] if s.get("dream_reward", "m") != "m" else [])
+                   + (["--common_random_numbers"] if s.get("common_random_numbers") else []))
     return [
         dict(name="rollouts", commands=rollouts, inputs=[], outputs=[j("record")], fresh=[j("record")]),
         dict(name="vae", commands=[[py, "vae_train.py", "--record_dir", j("record"), "--out_dir", j("tf_vae"),
@@ -102,7 +107,8 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                                            "--weight_decay", str(s["weight_decay"]),
                                            "--eval_steps", str(s["eval_steps"]),
                                            "--eval_episodes", str(s["eval_episodes"]), "--num_worker",
-                                           str(s["workers"]), "--seed", str(seed), *eval_horizon, *starts_flag]],
+                                           str(s["workers"]), "--seed", str(seed), *eval_horizon, *starts_flag,
+                                           *dream_flags]],
              inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json"),
                      *starts_flag[1:]], outputs=[best],
              fresh=[j("log")]),
