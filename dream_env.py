@@ -7,9 +7,11 @@ new bin is always valid).
 The picture carries no clock, so a dream ends at the preset's horizon (or earlier if M's done
 head says so). With `starts` (a dream_starts.npz from dream_starts.py), a dream instead begins
 at a real state: V's z of a real picture, M's h and c after the real steps that led there, and
-the real valid actions. Short dreams from such states teach the controller what the next few
-items do where it really goes, and never last long enough to drift far from reality. `BatchDream` runs many dreams at once for CMA-ES; `BinPackingDream` is the gym
-view of one dream.
+the real valid actions; short dreams from such states stay near where the real problem goes.
+`rollout_dream` can score a dream by the waste of its first and last packings as V decodes them
+(`picture_vae`) instead of M's summed rewards, and give every population member the same dreams
+(`common_random_numbers`). `BatchDream` runs many dreams at once for CMA-ES; `BinPackingDream`
+is the gym view of one dream.
 
     python dream_env.py [--temperature 1.0 --seed 0]   # play the dream with the keyboard
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import zipfile
 
 import gym
 import numpy as np
@@ -49,7 +52,7 @@ def load_dream_starts(path: str, rnn=None, rnn_path: str | None = None) -> dict:
     try:
         with np.load(path, allow_pickle=False) as data:
             out = {k: data[k] for k in STARTS_KEYS + ("rnn_sha256", "real_steps")}
-    except (OSError, ValueError, KeyError, EOFError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"cannot read dream starts file {path}: {type(e).__name__}: {e}") from None
     for k in ("z", "h", "c"):
         out[k] = out[k].astype(np.float32)

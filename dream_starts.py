@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
+import zipfile
 
 import numpy as np
 
@@ -114,9 +114,13 @@ def from_controller(args, rnn, rng) -> tuple[dict, int, str]:
 
 
 def from_series(args, rnn, rng) -> tuple[dict, int, str]:
-    with np.load(args.series, allow_pickle=False) as s:
-        mu, action, mask = s["mu"], s["action"], s["action_mask"]
-        lengths, vae_sha = s["episode_lengths"], str(s["vae_sha256"])
+    try:
+        with np.load(args.series, allow_pickle=False) as s:
+            mu, action, mask = s["mu"], s["action"], s["action_mask"]
+            lengths, vae_sha = s["episode_lengths"], str(s["vae_sha256"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"cannot read series file {args.series} (series.py writes it): "
+                         f"{type(e).__name__}: {e}") from None
     if mu.shape[1] != rnn.z_size:
         raise ValueError(f"{args.series} holds z of size {mu.shape[1]}, M expects {rnn.z_size}")
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -147,7 +151,7 @@ def main(argv=None):
     try:
         rnn = load_rnn(args.rnn)
         arrays, real_steps, vae_sha = (from_controller if args.controller else from_series)(args, rnn, rng)
-    except (ValueError, KeyError) as e:
+    except ValueError as e:
         fail(parser, str(e))
     source = f"controller {args.controller}" if args.controller else f"series {args.series}"
     atomic_write_npz(args.out, **arrays, rnn_sha256=np.array(sha256_file(args.rnn)), vae_sha256=np.array(vae_sha),

@@ -321,6 +321,10 @@ def test_train_in_dreams_begun_at_real_states(models, tiny_series, tmp_path):
     assert proc.returncode != 0 and "another M" in proc.stderr
     proc = run(train_cmd(models, tmp_path / "log", "--generations", "3"))
     assert proc.returncode != 0 and "--dream_starts" in proc.stderr
+    from dream_env import load_dream_starts
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "s.npz").read_bytes()[:3000])    # a truncated file
+    with pytest.raises(ValueError, match="cannot read dream starts file"):
+        load_dream_starts(str(tmp_path / "cut.npz"))
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     proc = run(train_cmd(models, tmp_path / "log3", "--generations", "1", "--dream_starts", str(tmp_path / "bad.npz")))
     assert proc.returncode != 0 and "cannot read dream starts file" in proc.stderr
@@ -333,6 +337,9 @@ def test_dream_starts_rejects_bad_flags(models, tmp_path):
     assert proc.returncode == 2 and "--epsilon" in proc.stderr
     proc = run(starts_cmd(models, tmp_path / "s.npz"))
     assert proc.returncode == 2 and "--controller" in proc.stderr
+    (tmp_path / "garbage.npz").write_bytes(b"garbage")
+    proc = run(starts_cmd(models, tmp_path / "s.npz", "--series", str(tmp_path / "garbage.npz")))
+    assert proc.returncode == 2 and "cannot read series file" in proc.stderr and not (tmp_path / "s.npz").exists()
 
 
 def test_common_random_numbers_give_every_member_the_same_dreams(models):
