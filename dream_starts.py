@@ -28,6 +28,7 @@ import zipfile
 
 import numpy as np
 
+from baselines import random_valid_from_uniforms
 from bin_packing_environment import PRESETS, episode_seeds
 from model import DEFAULT_RNN, DEFAULT_VAE, Controller, load_params, load_rnn, load_vae, rollout_real
 from stages_common import atomic_write_npz, fail, positive_int, require_file, sha256_file
@@ -61,7 +62,8 @@ class EpsilonGreedy:
     def act(self, params, x, mask, rng=None):
         actions = self.controller.act(params, x, mask)
         explore = self.rng.random(actions.shape) < self.eps
-        random_valid = (np.where(mask > 0, self.rng.random(mask.shape), -1.0)).argmax(-1)
+        flat = np.asarray(mask).reshape(-1, np.shape(mask)[-1])
+        random_valid = random_valid_from_uniforms(flat, self.rng.random(len(flat))).reshape(actions.shape)
         return np.where(explore, random_valid, actions)
 
 
