@@ -41,7 +41,7 @@ SCALES = {
                                                       "--ranking_real_episodes", "2"]),
     "small": dict(rollouts=[(300, 0.2), (200, 0.5)], horizon=None, vae_epochs=40, frames_per_episode=50,
                   vae_lr=5e-4, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16, generations=30,
-                  dream_horizon=30, weight_decay=400, eval_steps=2, eval_episodes=100, eval_horizon=None,
+                  dream_horizon=100, weight_decay=400, eval_steps=2, eval_episodes=100, eval_horizon=None,
                   workers=1, final_episodes=1000, fidelity_episodes=20, starts_per_episode=100,
                   dream_reward="picture", common_random_numbers=True),
     "paper": dict(rollouts=[(6000, 0.2), (4000, 0.5)], horizon=None, vae_epochs=10, frames_per_episode=0,
