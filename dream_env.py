@@ -150,9 +150,8 @@ class CommonRandomNumbers:
 
 def picture_waste(vae, z, bin_size: int) -> np.ndarray:
     """Waste (free space in open bins) of the packing V draws for z, read off the decoded picture."""
-    from bin_packing_environment import decode_pictures
-    counts = decode_pictures(vae.decode(z), bin_size)[:, 1:bin_size]
-    return (counts * (bin_size - np.arange(1, bin_size))).sum(1).astype(np.float64)
+    from bin_packing_environment import decode_pictures, waste
+    return waste(decode_pictures(vae.decode(z), bin_size)).astype(np.float64)
 
 
 def rollout_dream(controller, params, dream: BatchDream, episodes: int, rng: np.random.Generator,
@@ -179,7 +178,8 @@ def rollout_dream(controller, params, dream: BatchDream, episodes: int, rng: np.
         actions = controller.act(params, x, mask, rng if sample_actions else None).reshape(-1)
         was_done = done
         obs, reward, done, _ = dream.step(actions)
-        last_z = np.where(was_done[:, None], last_z, obs["z"])
+        if picture_vae is not None:                  # where each dream ended, for its picture reward
+            last_z = np.where(was_done[:, None], last_z, obs["z"])
         total += reward
     if picture_vae is not None:
         bin_size = dream.rnn.action_size

@@ -199,7 +199,7 @@ def input_hashes(args) -> dict:
     """The dream's files (M, its first frames, its start states): new content under the same path is
     another objective."""
     hashes = {"rnn": sha256_file(args.rnn), "initial_z": sha256_file(args.initial_z)}
-    if getattr(args, "dream_starts", None):
+    if args.dream_starts:
         hashes["dream_starts"] = sha256_file(args.dream_starts)
     return hashes
 
@@ -274,7 +274,7 @@ def train(args, workers: Workers):
         bar.update(1)
     if workers.rank == 0:
         bar.close()
-        starts = getattr(getattr(scorer, "dream", None), "starts", None)   # their real steps count too
+        starts = scorer.dream.starts if args.env == "dream" else None   # their real steps count too
         summary = {"env": args.env, "generations": state["generation"], "wall_s": round(state["wall_s"], 1),
                    "real_steps": state["real_steps"], "best_real_reward": state["best_reward"],
                    "dream_starts_real_steps": int(starts["real_steps"]) if starts is not None else 0,
