@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import zipfile
 
 import numpy as np
 
@@ -116,27 +115,22 @@ def from_controller(args, rnn, rng) -> tuple[dict, int, str]:
 
 
 def from_series(args, rnn, rng) -> tuple[dict, int, str]:
-    try:
-        with np.load(args.series, allow_pickle=False) as s:
-            mu, action, mask = s["mu"], s["action"], s["action_mask"]
-            lengths, vae_sha = s["episode_lengths"], str(s["vae_sha256"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"cannot read series file {args.series} (series.py writes it): "
-                         f"{type(e).__name__}: {e}") from None
-    if mu.shape[1] != rnn.z_size:
-        raise ValueError(f"{args.series} holds z of size {mu.shape[1]}, M expects {rnn.z_size}")
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    from rnn_train import Series              # the one reader (and checker) of series.npz
+    series = Series(args.series)
+    if series.z_size != rnn.z_size:
+        raise ValueError(f"{args.series} holds z of size {series.z_size}, M expects {rnn.z_size}")
+    lengths = series.lengths
     recorder = Recorder(chosen_steps(rng, len(lengths), lengths, args.per_episode))
     h, c = rnn.initial_state(len(lengths))
     from tqdm import tqdm
     for t in tqdm(range(int(lengths.max())), desc="M along the recorded episodes", unit="step"):
         alive = t < lengths
-        row = offsets + np.minimum(t, lengths - 1)
-        z = mu[row].astype(np.float32)
-        recorder(t, z, h, c, mask[row], alive)
-        h_next, c_next, _ = rnn.step(z, action[row].astype(np.int64), h, c)
+        row = series.offsets + np.minimum(t, lengths - 1)
+        z = series.mu[row].astype(np.float32)
+        recorder(t, z, h, c, series.action_mask[row], alive)
+        h_next, c_next, _ = rnn.step(z, series.action[row].astype(np.int64), h, c)
         h, c = np.where(alive[:, None], h_next, h), np.where(alive[:, None], c_next, c)
-    return recorder.arrays(), 0, vae_sha
+    return recorder.arrays(), 0, series.vae_sha256
 
 
 def main(argv=None):

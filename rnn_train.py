@@ -86,14 +86,12 @@ class Series:
     def __init__(self, path: str):
         try:
             with np.load(path) as data:
-                missing = [k for k in SERIES_KEYS if k not in data.files]
-                if missing:
-                    raise ValueError(f"series file {path} lacks {missing}; make it with series.py")
-                d = {k: data[k] for k in SERIES_KEYS}
-        except ValueError:
-            raise
-        except Exception as e:
+                d = {k: data[k] for k in SERIES_KEYS if k in data.files}
+        except Exception as e:                # numpy's own errors (not a zip, truncated, ...) name no file
             raise ValueError(f"cannot read series file {path}: {type(e).__name__}: {e}") from None
+        missing = [k for k in SERIES_KEYS if k not in d]
+        if missing:
+            raise ValueError(f"series file {path} lacks {missing}; make it with series.py")
         self.lengths = d["episode_lengths"].astype(np.int64)
         total = int(self.lengths.sum())
         if len(self.lengths) == 0 or (self.lengths < 1).any():

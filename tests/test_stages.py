@@ -475,6 +475,9 @@ def test_rnn_train_rejects_a_broken_series_file(tmp_path, capsys):
     np.savez(path, mu=np.zeros((3, 32), np.float16))
     line = run_fails(rnn_train.main, ["--series", path, "--out_dir", tmp_path / "out"], capsys)
     assert "lacks" in line and "series.py" in line
+    path.write_bytes(b"garbage")                    # not an npz at all: numpy's error, with the file named
+    line = run_fails(rnn_train.main, ["--series", path, "--out_dir", tmp_path / "out"], capsys)
+    assert f"cannot read series file {path}" in line
 
 
 def test_holdout_split_is_per_name_and_never_empty():
