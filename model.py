@@ -49,7 +49,7 @@ class Controller:
         logits = np.einsum("pei,pai->pea", x.astype(np.float32), W) + b[:, None, :]
         logits = np.where(np.asarray(mask) > 0, logits, -np.inf)
         if rng is not None:
-            logits = logits - rng.gumbel(size=logits.shape)   # Gumbel-max: a softmax sample
+            logits = logits + rng.gumbel(size=logits.shape)   # Gumbel-max: a softmax sample
         return logits.argmax(-1)
 
 

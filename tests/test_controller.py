@@ -44,6 +44,21 @@ def test_controller_never_picks_a_masked_action():
         assert np.take_along_axis(mask, a[..., None], -1).all()
 
 
+def test_sampled_actions_follow_the_softmax_of_the_valid_logits():
+    """Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits)."""
+    c = Controller(1, 1, 3)
+    params = np.zeros((1, c.num_params))
+    params[0, -3:] = [0.0, 1.0, 2.0]                       # bias only: logits 0, 1, 2
+    n = 20000
+    x, mask = np.zeros((1, n, 2)), np.ones((1, n, 3), bool)
+    mask[0, n // 2:, 2] = False                            # second half: action 2 invalid
+    a = c.act(params, x, mask, np.random.default_rng(0))[0]
+    full = np.exp([0.0, 1.0, 2.0]) / np.exp([0.0, 1.0, 2.0]).sum()
+    part = np.exp([0.0, 1.0]) / np.exp([0.0, 1.0]).sum()
+    assert np.abs(np.bincount(a[:n // 2], minlength=3) / (n // 2) - full).max() < 0.02
+    assert np.abs(np.bincount(a[n // 2:], minlength=3)[:2] / (n // 2) - part).max() < 0.02
+
+
 def test_controller_with_rising_bias_is_best_fit(models):
     """W = 0 and b increasing in the level: exactly Best Fit, through V and M on the real env."""
     from model import load_rnn, load_vae, rollout_real
