@@ -279,3 +279,15 @@ def test_game_arrows_and_space():
     assert game.cursor == game.valid_levels()[0]
     game.key("space")
     assert game.steps == 2
+
+
+def test_nearest_colour_matches_the_direct_distance_on_segment_means():
+    """The matrix-product form picks the colour (and breaks ties) as the plain |p - c|^2 does."""
+    from bin_packing_environment import BACKGROUND, PALETTE, _nearest_colour
+    rng = np.random.default_rng(0)
+    colours = np.concatenate([BACKGROUND[None], PALETTE]).astype(np.float64)
+    near = colours[rng.integers(len(colours), size=20000)] + rng.integers(-40, 41, size=(20000, 3))
+    pixels = np.concatenate([near, rng.integers(0, 256, size=(20000, 3))]).clip(0, 255)
+    pixels = (pixels * 4 + rng.integers(0, 4, size=pixels.shape)) / 4   # means of 2x2 segments
+    direct = ((pixels[:, None, :] - colours) ** 2).sum(-1).argmin(-1)
+    assert (_nearest_colour(pixels.astype(np.float32)) == direct).all()
