@@ -36,7 +36,7 @@ from stages_common import atomic_write_json, atomic_write_pickle, changed_flags,
 # Flags that define what CMA-ES optimises: a resumed run must keep them.
 OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature", "time_horizon", "preset",
                    "seed", "rnn", "initial_z", "dream_starts", "common_random_numbers", "dream_reward",
-                   "full_covariance")
+                   "picture_every", "full_covariance")
 
 
 def parse_args(argv=None):
@@ -71,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--dream_reward", choices=["m", "picture"], default="m",
                    help="m: the sum of M's reward head (World Models); picture: the waste of the first dreamed "
                         "packing minus that of the last, read off V's decoded pictures (needs --vae)")
+    p.add_argument("--picture_every", type=int, default=0,
+                   help="with --dream_reward picture: 0 reads the last picture only; N > 0 averages the waste "
+                        "of one picture in N over the dream's second half (less noise, more decoding)")
     p.add_argument("--dream_starts", default=None,
                    help="begin each dream at a recorded real state (dream_starts.py) instead of an empty packing; "
                         "use with a short --time_horizon (e.g. 30)")
@@ -82,6 +85,10 @@ def parse_args(argv=None):
         p.error("--popsize must be >= 2 for CMA-ES")
     if args.sigma_init <= 0 or args.temperature <= 0:
         p.error("--sigma_init and --temperature must be positive")
+    if args.picture_every < 0:
+        p.error(f"--picture_every must be >= 0, got {args.picture_every}")
+    if args.picture_every and args.dream_reward != "picture":
+        p.error("--picture_every needs --dream_reward picture")
     if args.weight_decay < 0:
         p.error(f"--weight_decay must be >= 0, got {args.weight_decay}")
     for name in ("time_horizon", "eval_horizon"):
@@ -171,7 +178,8 @@ class Scorer:
             from dream_env import rollout_dream
             totals, _ = rollout_dream(self.controller, solutions, self.dream, self.args.num_episode, rng,
                                       common_random_numbers=self.args.common_random_numbers,
-                                      picture_vae=self.vae if self.args.dream_reward == "picture" else None)
+                                      picture_vae=self.vae if self.args.dream_reward == "picture" else None,
+                                      picture_every=self.args.picture_every)
             return totals.mean(1), 0
         seeds = episode_seeds((self.args.seed, generation, rank), self.args.num_episode, "train")
         totals, steps = rollout_real(self.controller, solutions, self.vae, self.rnn, self.train_config, seeds)

@@ -192,6 +192,8 @@ def test_train_rejects_bad_flags(models, tmp_path):
     assert proc.returncode == 2 and "--weight_decay" in proc.stderr
     proc = run([sys.executable, "train.py", "--rnn", str(tmp_path / "missing.json")])
     assert proc.returncode == 2 and "missing.json" in proc.stderr
+    proc = run(train_cmd(models, tmp_path, "--picture_every", "5"))
+    assert proc.returncode == 2 and "--picture_every needs --dream_reward picture" in proc.stderr
 
 
 def test_notebook_runs_headless_on_a_tiny_log(models, tmp_path):
@@ -380,14 +382,18 @@ def test_train_with_common_random_numbers_on_two_workers(models, tmp_path):
 
 
 class PictureOfState:
-    """A stand-in V whose decoder draws state number round(z[0]) of a list exactly."""
+    """A stand-in V whose decoder draws state number round(z[0]) of a list exactly (with `spread`,
+    a number that changes with every coordinate of z, so that nearby z draw different states)."""
 
-    def __init__(self, states):
+    def __init__(self, states, spread=None):
         from bin_packing_environment import encode_states
-        self.pictures = encode_states(np.asarray(states))
+        self.pictures, self.spread = encode_states(np.asarray(states)), spread
 
     def decode(self, z):
-        return self.pictures[np.clip(np.round(np.asarray(z)[:, 0]).astype(int), 0, len(self.pictures) - 1)]
+        z, n = np.asarray(z), len(self.pictures)
+        if self.spread:
+            return self.pictures[(np.abs(z).sum(1) * self.spread).astype(int) % n]
+        return self.pictures[np.clip(np.round(z[:, 0]).astype(int), 0, n - 1)]
 
 
 def test_rewards_telescope_to_the_waste_read_off_the_pictures():
@@ -428,6 +434,37 @@ def test_picture_reward_of_a_dream_is_the_waste_difference(models):
     first = BatchDream(rnn, load_initial_z(models["initial_z"]), 1.0, 1).reset(6, np.random.default_rng(5))["z"]
     expected = picture_waste(vae, first, 30) - picture_waste(vae, last, 30)
     assert np.allclose(pic.reshape(-1), expected) and not np.allclose(pic, m)
+
+
+def test_picture_every_averages_the_waste_of_the_dreams_second_half(models):
+    from dream_env import BatchDream, load_initial_z, picture_steps, picture_waste, rollout_dream
+    from model import load_rnn
+    assert picture_steps(100, 0) == [100] and picture_steps(100, 5) == list(range(55, 101, 5))
+    assert picture_steps(7, 2) == [5, 7]
+    rnn = load_rnn(models["rnn"])
+    states = np.zeros((40, 31), int)
+    states[:, 1:30] = np.random.default_rng(0).integers(0, 4, size=(40, 29))
+    states[:, -1] = 3
+    vae, initial_z = PictureOfState(states, spread=100), load_initial_z(models["initial_z"])
+    c = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    params = np.random.default_rng(1).normal(size=(2, c.num_params)) * 0.1
+    pic, _ = rollout_dream(c, params, BatchDream(rnn, initial_z, 1.0, 6), 3, np.random.default_rng(5),
+                           picture_vae=vae, picture_every=2)
+    # the same dreams by hand: same draws, so the same z at steps 4 and 6
+    dream, rng = BatchDream(rnn, initial_z, 1.0, 6), np.random.default_rng(5)
+    obs = dream.reset(6, rng)
+    first = last = obs["z"]
+    seen, done = {}, np.zeros(6, bool)
+    while not done.all():
+        actions = c.act(params, np.concatenate([obs["z"], obs["h"]], 1).reshape(2, 3, -1),
+                        obs["action_mask"].reshape(2, 3, -1)).reshape(-1)
+        was_done = done
+        obs, _, done, _ = dream.step(actions)
+        last = np.where(was_done[:, None], last, obs["z"])
+        seen[dream.t] = last
+    end = [picture_waste(vae, seen.get(t, last), 30) for t in (4, 6)]
+    assert not np.allclose(end[0], end[1])                    # so reading only the last would differ
+    assert np.allclose(pic.reshape(-1), picture_waste(vae, first, 30) - np.mean(end, axis=0))
 
 
 def test_train_with_the_picture_reward(models, tmp_path):
