@@ -39,6 +39,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from rnn.rnn import z_nll
 from stages_common import (atomic_write_json, atomic_write_npz, fail, holdout_mask, non_negative_int,
                            parse_fraction, positive_float, positive_int, read_checkpoint, require_file,
                            restore_optimizer, sha256_file)
@@ -47,9 +48,8 @@ CHECKPOINT = os.path.join("checkpoint", "rnn_checkpoint.npz")
 SERIES_KEYS = ("mu", "logvar", "action", "reward", "done", "action_mask", "episode_lengths",
                "episode_names", "vae_sha256")
 RESUME_FLAGS = ("seed", "seq_len", "batch_size", "learning_rate", "grad_clip", "hidden_size",
-                "num_mixtures", "reward_scale", "holdout")
+                "num_mixtures", "mixture", "reward_scale", "holdout", "z_input")
 LOSS_KEYS = ("z_nll", "reward_mse", "done_bce", "mask_bce", "total")
-_LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad_clip", type=positive_float, default=1.0, help="clip by value; World Models: 1.0")
     p.add_argument("--hidden_size", type=positive_int, default=256, help="LSTM units; World Models: 256")
     p.add_argument("--num_mixtures", type=positive_int, default=5, help="Gaussians per z dim; World Models: 5")
+    p.add_argument("--mixture", choices=["per_dim", "shared"], default="per_dim",
+                   help="per_dim: a mixture per z dimension, each sampled on its own (World Models); shared: one "
+                        "component chosen for the whole z (use more --num_mixtures, e.g. 16)")
+    p.add_argument("--z_input", choices=["sample", "mean"], default="sample",
+                   help="z fed to and predicted by M: sampled from V's mu/logvar afresh for every batch (World "
+                        "Models) or V's mean, the z the controller sees in the real environment")
     p.add_argument("--reward_scale", type=positive_float, default=10.0, help="reward head predicts r / scale")
     p.add_argument("--holdout", type=parse_fraction, default=0.05,
                    help="share of episodes held out for the report, e.g. 5%% (same split as vae_train)")
@@ -122,17 +128,18 @@ class Series:
         h.update(self.lengths.tobytes())
         return h.hexdigest()
 
-    def windows(self, pick, first, n_real, seq_len, rng):
+    def windows(self, pick, first, n_real, seq_len, rng, sample_z=True):
         """Padded arrays (B, seq_len, ...) of episodes `pick` from step `first`, n_real real steps.
 
-        z is sampled from mu/logvar; next_z at step t is the sample used as input at t+1, or z_t
+        z is sampled from mu/logvar (or is mu itself without sample_z); next_z at step t is the sample used as input at t+1, or z_t
         on an episode's last step (see the module docstring); same for next_masks.
         """
         L, off = self.lengths[pick][:, None], self.offsets[pick][:, None]
         pos = np.asarray(first)[:, None] + np.arange(seq_len + 1)
         gidx = off + np.minimum(pos, L - 1)
         mu = self.mu[gidx].astype(np.float32)
-        zs = mu + np.exp(self.logvar[gidx].astype(np.float32) / 2) * rng.standard_normal(mu.shape, np.float32)
+        zs = mu + np.exp(self.logvar[gidx].astype(np.float32) / 2) * rng.standard_normal(mu.shape, np.float32) \
+            if sample_z else mu
         valid = np.arange(seq_len) < np.asarray(n_real)[:, None]
         has_next = valid & (pos[:, 1:] < L)
         cur = gidx[:, :seq_len]
@@ -142,7 +149,7 @@ class Series:
                 "next_z": np.where(has_next[..., None], zs[:, 1:], zs[:, :seq_len]),
                 "weights": valid.astype(np.float32), "has_next": has_next}
 
-    def sample(self, episodes, batch_size, seq_len, rng):
+    def sample(self, episodes, batch_size, seq_len, rng, sample_z=True):
         """A training batch: windows uniform over (episode, start), start in [-(seq_len-1), L-1]."""
         L = self.lengths[episodes]
         starts = L + seq_len - 1
@@ -151,18 +158,13 @@ class Series:
         raw = rng.integers(-(seq_len - 1), L)
         first = np.maximum(raw, 0)
         n_real = np.minimum(raw + seq_len, L) - first
-        return self.windows(pick, first, n_real, seq_len, rng)
+        return self.windows(pick, first, n_real, seq_len, rng, sample_z)
 
 
 # ---------------------------------------------------------------- evaluation
 
 
-def _logsumexp(x, axis=-1):
-    top = x.max(axis=axis, keepdims=True)
-    return (top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))).squeeze(axis)
-
-
-def evaluate(model, series: Series, episodes, seed: int, chunk: int = 16) -> dict:
+def evaluate(model, series: Series, episodes, seed: int, chunk: int = 16, sample_z: bool = True) -> dict:
     """M on whole held-out episodes from a zero state (as in a dream), z sampled with a fixed rng."""
     rng = np.random.default_rng([seed, 1 << 20])
     s = dict.fromkeys(("z_nll", "reward_abs", "reward_exact", "done_right", "done_pos", "done_hit",
@@ -170,12 +172,10 @@ def evaluate(model, series: Series, episodes, seed: int, chunk: int = 16) -> dic
     for i in range(0, len(episodes), chunk):
         pick = np.asarray(episodes[i:i + chunk])
         L = series.lengths[pick]
-        w = series.windows(pick, np.zeros_like(L), L, int(L.max()), rng)
+        w = series.windows(pick, np.zeros_like(L), L, int(L.max()), rng, sample_z)
         p = model.predict(w["z"], w["actions"], w["next_z"])
         valid, nxt = w["weights"] > 0, w["has_next"]
-        y = w["next_z"][..., None]
-        log_normal = -0.5 * ((y - p["mu"]) / np.exp(p["logsigma"])) ** 2 - p["logsigma"] - _LOG_SQRT_2PI
-        nll = -_logsumexp(p["logmix"] + log_normal).mean(-1)               # (B, T), per z dim
+        nll = z_nll(p["logmix"], p["mu"], p["logsigma"], w["next_z"])       # (B, T), per z dim
         s["z_nll"] += float(nll[nxt].sum())
         s["reward_abs"] += float(np.abs(p["reward"] - w["rewards"])[valid].sum())
         s["reward_exact"] += float((np.round(p["reward"]) == w["rewards"])[valid].sum())
@@ -256,7 +256,7 @@ def main(argv=None):
     from rnn.rnn import MDNRNN
     tf.random.set_seed(args.seed)
     model = MDNRNN(z_size=series.z_size, action_size=series.action_size, hidden_size=args.hidden_size,
-                   num_mixtures=args.num_mixtures, learning_rate=args.learning_rate, grad_clip=args.grad_clip,
+                   num_mixtures=args.num_mixtures, mixture=args.mixture, learning_rate=args.learning_rate, grad_clip=args.grad_clip,
                    reward_scale=args.reward_scale, seed=args.seed)
 
     meta = {k: getattr(args, k) for k in RESUME_FLAGS}
@@ -276,7 +276,8 @@ def main(argv=None):
     train_seconds, trained = 0.0, 0
     bar = tqdm(total=args.steps, initial=min(start_step, args.steps), desc="M steps", unit="step")
     for step in range(start_step, args.steps):
-        batch = series.sample(train_eps, args.batch_size, args.seq_len, np.random.default_rng([args.seed, step]))
+        batch = series.sample(train_eps, args.batch_size, args.seq_len, np.random.default_rng([args.seed, step]),
+                              sample_z=args.z_input == "sample")
         t0 = time.time()
         losses = model.train_step(batch["z"], batch["actions"], batch["rewards"], batch["dones"],
                                   batch["next_masks"], batch["next_z"], batch["weights"])
@@ -294,7 +295,7 @@ def main(argv=None):
             # mean training losses since the last entry (+ held-out scores): the learning curve
             entry = {"step": done_steps, **{k: round(float(v), 5) for k, v in zip(LOSS_KEYS, sums / count)}}
             if eval_now:
-                entry["heldout"] = evaluate(model, series, eval_eps, args.seed)
+                entry["heldout"] = evaluate(model, series, eval_eps, args.seed, sample_z=args.z_input == "sample")
                 bar.write(f"step {done_steps}: held-out {format_eval(entry['heldout'])}")
             history.append(entry)
             sums, count = np.zeros(len(LOSS_KEYS)), 0
@@ -308,13 +309,13 @@ def main(argv=None):
     iz_path = os.path.join(args.out_dir, "initial_z.json")
     iz = initial_z(series, train_eps, args.initial_z_max, args.seed)
     atomic_write_json(iz_path, iz)
-    heldout = evaluate(model, series, eval_eps, args.seed)
+    heldout = evaluate(model, series, eval_eps, args.seed, sample_z=args.z_input == "sample")
     sps = trained / train_seconds if train_seconds else None
     provenance = {"vae_sha256": series.vae_sha256, "series": os.path.abspath(args.series),
                   "series_fingerprint": meta["series"], "rnn_sha256": sha256_file(rnn_path),
                   "initial_z_sha256": sha256_file(iz_path), "z_size": series.z_size,
                   "action_size": series.action_size, "steps": max(args.steps, start_step), "seed": args.seed,
-                  "holdout": args.holdout, "train_episodes": len(train_eps),
+                  "holdout": args.holdout, "z_input": args.z_input, "train_episodes": len(train_eps),
                   "heldout_episodes": [series.names[i] for i in held_eps]}
     atomic_write_json(os.path.join(args.out_dir, "provenance.json"), provenance, indent=1)
     report = {"rnn": rnn_path, "initial_z": iz_path, "initial_z_rows": len(iz["mu"]),

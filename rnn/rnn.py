@@ -3,7 +3,10 @@
 At each step M reads the latent picture z_t (from V) and the action a_t (one-hot) and,
 through an LSTM, predicts
 
-* z_{t+1} as a mixture of ``num_mixtures`` Gaussians per latent dimension (MDN),
+* z_{t+1} as a mixture of ``num_mixtures`` Gaussians per latent dimension (MDN, as World
+  Models), or with ``mixture="shared"`` as one mixture over the whole z: one component is chosen
+  for all dimensions at once (a diagonal Gaussian each), so a sampled z is one coherent picture
+  (for instance, one next item) instead of each dimension picking its own,
 * the reward r_t of the action (regression on r_t / reward_scale, since the
   environment's rewards span roughly -29..+9),
 * whether the episode ends after the action (a Bernoulli logit),
@@ -27,6 +30,7 @@ Saved file format (JSON, written atomically through ``path + ".tmp"``)::
     {
       "format": "mdnrnn-v2",
       "z_size": 32, "action_size": 30, "hidden_size": 256, "num_mixtures": 5, "mask_hidden": 128,
+      "mixture": "per_dim",       (optional, "per_dim" if absent; or "shared")
       "learning_rate": 0.001, "grad_clip": 1.0, "reward_scale": 10.0,
       "z_weight": 1.0, "reward_weight": 1.0, "done_weight": 1.0, "mask_weight": 1.0,
       "weights": [
@@ -53,6 +57,7 @@ _HPARAM_DEFAULTS = {
     "z_weight": 1.0, "reward_weight": 1.0, "done_weight": 1.0, "mask_weight": 1.0,
 }
 _INT_HPARAMS = ("z_size", "action_size", "hidden_size", "num_mixtures", "mask_hidden")
+MIXTURES = ("per_dim", "shared")
 # Output heads on top of the LSTM, in the order their weights are stored; the mask
 # head (mask_hidden, then mask) follows them and reads [h, next z].
 _HEADS = ("mdn_logit", "mdn_mu", "mdn_logsigma", "reward", "done")
@@ -61,7 +66,18 @@ _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
 
 def _head_sizes(hp):
     mdn = hp["z_size"] * hp["num_mixtures"]
-    return {"mdn_logit": mdn, "mdn_mu": mdn, "mdn_logsigma": mdn, "reward": 1, "done": 1}
+    logits = hp["num_mixtures"] if hp.get("mixture", "per_dim") == "shared" else mdn
+    return {"mdn_logit": logits, "mdn_mu": mdn, "mdn_logsigma": mdn, "reward": 1, "done": 1}
+
+
+def z_nll(logmix, mu, logsigma, y):
+    """Negative log-likelihood of z (..., z_size) per latent dimension, numpy.
+
+    logmix (..., z_size or 1, K): one mixture per dimension, or one shared by all (row of 1)."""
+    log_normal = -0.5 * ((y[..., None] - mu) / np.exp(logsigma)) ** 2 - logsigma - _LOG_SQRT_2PI
+    if logmix.shape[-2] == 1:                    # shared: a component explains all dimensions
+        return -_logsumexp(logmix[..., 0, :] + log_normal.sum(-2))[..., 0] / mu.shape[-2]
+    return -_logsumexp(logmix + log_normal)[..., 0].mean(-1)
 
 
 def weight_shapes(hp):
@@ -88,6 +104,9 @@ def read_json(path):
     """
     document = weights_json.read_document(path, FORMAT)
     hp = {key: weights_json.require(document, key, path) for key in _HPARAM_DEFAULTS}
+    hp["mixture"] = document.get("mixture", "per_dim")          # files from before "shared" existed
+    if hp["mixture"] not in MIXTURES:
+        raise ValueError(f"{path}: mixture must be one of {MIXTURES}, got {hp['mixture']!r}")
     for key in _INT_HPARAMS:
         if not isinstance(hp[key], int) or hp[key] < 1:
             raise ValueError(f"{path}: {key} must be a positive integer, got {hp[key]!r}")
@@ -105,12 +124,14 @@ class MDNRNN:
 
     def __init__(self, z_size=32, action_size=30, hidden_size=256, num_mixtures=5, mask_hidden=128,
                  learning_rate=1e-3, grad_clip=1.0, reward_scale=10.0,
-                 z_weight=1.0, reward_weight=1.0, done_weight=1.0, mask_weight=1.0, seed=0):
+                 z_weight=1.0, reward_weight=1.0, done_weight=1.0, mask_weight=1.0, seed=0, mixture="per_dim"):
         import keras
         import tensorflow as tf
 
+        if mixture not in MIXTURES:
+            raise ValueError(f"mixture must be one of {MIXTURES}, got {mixture!r}")
         self.hp = {"z_size": int(z_size), "action_size": int(action_size),
-                   "hidden_size": int(hidden_size), "num_mixtures": int(num_mixtures),
+                   "hidden_size": int(hidden_size), "num_mixtures": int(num_mixtures), "mixture": mixture,
                    "mask_hidden": int(mask_hidden), "learning_rate": float(learning_rate), "grad_clip": float(grad_clip),
                    "reward_scale": float(reward_scale), "z_weight": float(z_weight),
                    "reward_weight": float(reward_weight), "done_weight": float(done_weight),
@@ -155,13 +176,15 @@ class MDNRNN:
         return int(sum(np.prod(v.shape) for v in self._variables))
 
     def _forward(self, z, actions, next_z, training=False):
-        """Raw head outputs; MDN ones reshaped to (batch, seq_len, z_size, num_mixtures)."""
+        """Raw head outputs; MDN ones reshaped to (batch, seq_len, z_size, num_mixtures), the
+        mixture logits to (batch, seq_len, 1, num_mixtures) when shared."""
         import tensorflow as tf
 
         x = tf.concat([z, tf.one_hot(actions, self.hp["action_size"])], axis=-1)
         logit, mu, logsigma, reward, done, mask = self.model([x, next_z], training=training)
         mdn_shape = tf.concat([tf.shape(z), [self.hp["num_mixtures"]]], axis=0)
-        logmix = tf.reshape(logit, mdn_shape)
+        logmix = tf.reshape(logit, tf.concat([tf.shape(z)[:2], [1, self.hp["num_mixtures"]]], axis=0)
+                            if self.hp["mixture"] == "shared" else mdn_shape)
         logmix -= tf.reduce_logsumexp(logmix, axis=-1, keepdims=True)
         return (logmix, tf.reshape(mu, mdn_shape), tf.reshape(logsigma, mdn_shape),
                 reward[..., 0], done[..., 0], mask)
@@ -176,8 +199,12 @@ class MDNRNN:
             # Negative log-likelihood of z_{t+1}, averaged over latent dimensions and steps.
             y = next_z[..., None]
             log_normal = -0.5 * tf.square((y - mu) / tf.exp(logsigma)) - logsigma - _LOG_SQRT_2PI
-            z_nll = -tf.reduce_logsumexp(logmix + log_normal, axis=-1)
-            z_nll = tf.reduce_sum(z_nll * weights_mask[..., None]) / (n_steps * hp["z_size"])
+            if hp["mixture"] == "shared":            # one component for the whole z
+                z_nll = -tf.reduce_logsumexp(logmix[..., 0, :] + tf.reduce_sum(log_normal, axis=-2), axis=-1)
+                z_nll = tf.reduce_sum(z_nll * weights_mask) / (n_steps * hp["z_size"])
+            else:
+                z_nll = -tf.reduce_logsumexp(logmix + log_normal, axis=-1)
+                z_nll = tf.reduce_sum(z_nll * weights_mask[..., None]) / (n_steps * hp["z_size"])
             reward_mse = tf.reduce_sum(
                 tf.square(reward - rewards / hp["reward_scale"]) * weights_mask) / n_steps
             done_bce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
@@ -236,7 +263,9 @@ class MDNRNN:
 
     def save_json(self, path):
         """Write the model to `path` in the format of the module docstring."""
-        weights_json.write(path, FORMAT, self.hp, self.get_weights(), _SAVED_DTYPE)
+        # "mixture" is written only when shared, so per-dimension files stay as they always were
+        header = {k: v for k, v in self.hp.items() if not (k == "mixture" and v == "per_dim")}
+        weights_json.write(path, FORMAT, header, self.get_weights(), _SAVED_DTYPE)
 
     @classmethod
     def from_json(cls, path):
@@ -257,6 +286,7 @@ class RNNNumpy:
     def __init__(self, hp, weights):
         self.z_size, self.action_size = hp["z_size"], hp["action_size"]
         self.hidden_size, self.num_mixtures = hp["hidden_size"], hp["num_mixtures"]
+        self.mixture = hp.get("mixture", "per_dim")
         self.reward_scale = float(hp["reward_scale"])
         w = {name: np.asarray(values, np.float32) for name, values in weights.items()}
         kernel = w["lstm/kernel"]
@@ -290,7 +320,7 @@ class RNNNumpy:
 
         z: (n, z_size); a: int actions (n,); h, c: (n, hidden_size).
         Returns (h_new, c_new, out) with out = {"logmix", "mu", "logsigma": (n, z_size,
-        num_mixtures); "reward": (n,) in env units; "done_prob": (n,)}. The next step's
+        num_mixtures), logmix (n, 1, num_mixtures) when shared; "reward": (n,) in env units; "done_prob": (n,)}. The next step's
         valid actions come from ``mask_prob(h_new, z_next)`` once z_next is sampled.
         """
         gates = (np.asarray(z, np.float32) @ self._kernel_z + self._kernel_a[np.asarray(a)]
@@ -303,7 +333,7 @@ class RNNNumpy:
         heads = h_new @ self._heads_kernel + self._heads_bias
         logit, mu, logsigma, reward, done = np.split(heads, self._head_ends, axis=1)
         mdn_shape = (len(heads), self.z_size, self.num_mixtures)
-        logit = logit.reshape(mdn_shape)
+        logit = logit.reshape((len(heads), 1, self.num_mixtures) if self.mixture == "shared" else mdn_shape)
         logmix = logit - _logsumexp(logit)
         return h_new, c_new, {"logmix": logmix, "mu": mu.reshape(mdn_shape),
                               "logsigma": logsigma.reshape(mdn_shape),
@@ -327,10 +357,11 @@ class RNNNumpy:
             raise ValueError(f"temperature must be positive, got {temperature}")
         logmix = out["logmix"] / temperature
         mix = np.exp(logmix - _logsumexp(logmix))
-        # Inverse-CDF sampling of one mixture component per (sequence, dimension).
+        # Inverse-CDF sampling of one mixture component per (sequence, dimension), or per
+        # sequence when the mixture is shared (a row of 1, broadcast over the dimensions).
         u = rng.random(mix.shape[:2] + (1,))
         component = np.minimum((np.cumsum(mix, axis=-1) < u).sum(axis=-1), mix.shape[-1] - 1)
-        pick = component[..., None]
+        pick = np.broadcast_to(component[..., None], out["mu"].shape[:2] + (1,))
         mu = np.take_along_axis(out["mu"], pick, axis=-1)[..., 0]
         logsigma = np.take_along_axis(out["logsigma"], pick, axis=-1)[..., 0]
         noise = rng.standard_normal(mu.shape)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnn.rnn import MDNRNN, RNNNumpy, weight_shapes
+from rnn.rnn import MDNRNN, RNNNumpy, weight_shapes, z_nll
 
 BATCH, STEPS = 5, 8
 
@@ -187,3 +187,58 @@ def test_sample_next_z_follows_the_mixture():
 def test_numpy_inference_does_not_import_tensorflow():
     code = "import sys, rnn.rnn; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.fixture(scope="module")
+def shared_model():
+    """M with one mixture shared by all z dimensions, random weights."""
+    m = MDNRNN(num_mixtures=7, mixture="shared", seed=0)
+    rng = np.random.default_rng(2)
+    m.set_weights({name: 0.2 * rng.standard_normal(values.shape) for name, values in m.get_weights().items()})
+    return m
+
+
+def test_shared_mixture_numpy_matches_tensorflow_and_round_trips(shared_model, sequences, tmp_path):
+    z, actions = sequences
+    next_z = np.roll(z, -1, axis=1)
+    expected = shared_model.predict(z, actions, next_z)
+    assert expected["logmix"].shape == (BATCH, STEPS, 1, 7) and expected["mu"].shape == (BATCH, STEPS, 32, 7)
+    shared_model.save_json(tmp_path / "shared.json")
+    assert json.loads((tmp_path / "shared.json").read_text())["mixture"] == "shared"
+    rnn = RNNNumpy.from_json(tmp_path / "shared.json")
+    h, c = rnn.initial_state(BATCH)
+    for t in range(STEPS):
+        h, c, out = rnn.step(z[:, t], actions[:, t], h, c)
+        for key in ("logmix", "mu", "logsigma", "reward", "done_prob"):
+            np.testing.assert_allclose(out[key], expected[key][:, t], atol=1e-4, err_msg=key)
+    assert MDNRNN.from_json(tmp_path / "shared.json").hp == shared_model.hp
+
+
+def test_per_dim_files_do_not_name_the_mixture(saved):
+    """Files written before the shared mixture existed load, and per_dim ones are written as before."""
+    assert "mixture" not in json.loads(saved.read_text())
+    assert MDNRNN.from_json(saved).hp["mixture"] == "per_dim"
+
+
+def test_a_shared_mixture_samples_one_component_for_the_whole_z():
+    # Two components over 3 dimensions, weights 0.2/0.8, at -10 and +10 in every dimension.
+    n = 4000
+    out = {"logmix": np.log(np.array([[[0.2, 0.8]]] * n)), "mu": np.array([[[-10.0, 10.0]] * 3] * n),
+           "logsigma": np.zeros((n, 3, 2))}
+    samples = RNNNumpy.sample_next_z(out, 1.0, np.random.default_rng(9))
+    positive = samples > 0
+    assert (positive.all(1) | ~positive.any(1)).all()           # never mixes the components
+    assert abs(positive[:, 0].mean() - 0.8) < 0.03
+    # z_nll: the shared mixture's likelihood of a coherent z is that of one component
+    y = np.full((1, 3), 10.0)
+    one = {k: v[:1] for k, v in out.items()}
+    expected = -(np.log(0.8) + 3 * -0.5 * np.log(2 * np.pi)) / 3
+    np.testing.assert_allclose(z_nll(one["logmix"], one["mu"], one["logsigma"], y), [expected], rtol=1e-6)
+
+
+def test_shared_mixture_training_reduces_every_loss():
+    model = MDNRNN(learning_rate=1e-2, num_mixtures=4, mixture="shared", seed=5)
+    batch = _toy_batch(np.random.default_rng(5))
+    losses = [model.train_step(*batch) for _ in range(40)]
+    for key in losses[0]:
+        assert losses[-1][key] < losses[0][key], key
