@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dream_starts", default=None,
                    help="begin the ranking dreams at these recorded real states (dream_starts.py) instead of "
                         "initial z: how well do short dreams from real states order the policies?")
+    p.add_argument("--picture_every", type=int, default=0,
+                   help="with --dream_reward picture, average the end waste over one picture in N of the "
+                        "dream's second half (as train.py --picture_every; 0: the last picture only)")
+    p.add_argument("--ranking_controllers", nargs="*", default=[],
+                   help="controller files (train.py logs) ranked too, in the dream and on the same real "
+                        "episodes: does the dream order trained controllers as the real environment does?")
     return p
 
 
@@ -231,18 +237,27 @@ def with_m_reward(policy, vae, rnn, n: int):
     return wrapped, total
 
 
+def pairs_in_order(dream: np.ndarray, real: np.ndarray) -> float:
+    """Share of policy pairs the dream orders as the real environment does."""
+    i, j = np.triu_indices(len(real), 1)
+    return float(np.mean(np.sign(dream[i] - dream[j]) == np.sign(real[i] - real[j])))
+
+
 def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_episodes: int, config,
                   temperature: float = 1.0, seed: int = 0, vae=None, starts: dict | None = None,
-                  picture_reward: bool = False) -> dict:
+                  picture_reward: bool = False, picture_every: int = 0, controllers: dict | None = None) -> dict:
     """Best Fit vs Worst Fit in the dream (per horizon) and in the real env: same order?
 
     With a VAE, M also sums its predicted rewards along the real episodes ("M on real"): its
-    one-step heads, without the drift of an open-loop dream.
+    one-step heads, without the drift of an open-loop dream. `controllers` ({name: params}) are
+    scored too, in the same dreams' batch and on the same real episodes (through V and M).
     """
     from dream_env import BatchDream, rollout_dream
-    from model import Controller
+    from model import Controller, rollout_real
+    from bin_packing_environment import episode_seeds
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     params = fixed_policies(controller)
+    controllers = controllers or {}
     real, m_on_real = [], []
     for p in params:
         policy = fixed_policy(controller, p)
@@ -255,16 +270,29 @@ def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_epis
         m_on_real.append(float(predicted.mean()))
     real = np.array(real)
     real_sign = np.sign(real[0] - real[1])
+    names = list(RANKED) + list(controllers)
+    if controllers:
+        if vae is None:
+            raise ValueError("ranking controllers needs a VAE (they read V's z of the real pictures)")
+        extra = np.stack(list(controllers.values())).astype(np.float32)
+        totals, _ = rollout_real(controller, extra, vae, rnn, config,
+                                 episode_seeds(seed, real_episodes, "validation"))
+        real = np.concatenate([real, totals.mean(1)])
+        params = np.concatenate([params, extra])
     rng = np.random.default_rng(seed)
     rows = []
     for k in horizons:
         dream = BatchDream(rnn, initial_z, temperature, k, starts)
         totals, _ = rollout_dream(controller, params, dream, dream_episodes, rng,
-                                  picture_vae=vae if picture_reward else None)
+                                  picture_vae=vae if picture_reward else None, picture_every=picture_every)
         means = totals.mean(1)
-        rows.append({"horizon": int(k), "dream": dict(zip(RANKED, map(float, means))),
-                     "agrees": bool(np.sign(means[0] - means[1]) == real_sign)})
-    out = {"policies": list(RANKED), "real": dict(zip(RANKED, map(float, real))),
+        row = {"horizon": int(k), "dream": dict(zip(names, map(float, means))),
+               "agrees": bool(np.sign(means[0] - means[1]) == real_sign)}
+        if controllers:
+            row["dream_stderr"] = dict(zip(names, map(float, totals.std(1) / np.sqrt(dream_episodes))))
+            row["pairs_in_real_order"] = pairs_in_order(means, real)
+        rows.append(row)
+    out = {"policies": names, "real": dict(zip(names, map(float, real))),
            "real_episodes": real_episodes, "real_horizon": int(config["time_horizon"]),
            "dream_episodes": dream_episodes, "temperature": temperature, "seed": seed, "horizons": rows}
     if m_on_real:
@@ -285,6 +313,15 @@ def ranking_markdown(r) -> str:
     lines.append(f"real ({r['real_episodes']} validation episodes of {r['real_horizon']} steps): "
                  f"Best Fit {r['real']['best_fit']:.2f}, Worst Fit {r['real']['worst_fit']:.2f}; "
                  f"dream means over {r['dream_episodes']} dreams each")
+    if len(r["policies"]) > len(RANKED):
+        ks = [row["horizon"] for row in r["horizons"]]
+        lines += ["", "| policy | real | " + " | ".join(f"dream, {k} steps" for k in ks) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in ks) + " |"]
+        for name in r["policies"]:
+            lines.append(f"| {name} | {r['real'][name]:.2f} | " + " | ".join(
+                f"{row['dream'][name]:.2f} +- {row['dream_stderr'][name]:.2f}" for row in r["horizons"]) + " |")
+        lines.append("| pairs in the real order | | " + " | ".join(
+            f"{row['pairs_in_real_order']:.0%}" for row in r["horizons"]) + " |")
     return "\n".join(lines)
 
 
@@ -350,6 +387,10 @@ def main(argv=None):
                             if args.ranking_horizons.strip() else [])
     except ValueError as e:
         parser.error(str(e))
+    if args.picture_every < 0 or (args.picture_every and args.dream_reward != "picture"):
+        parser.error("--picture_every must be >= 0 and needs --dream_reward picture")
+    for path in args.ranking_controllers:
+        require_file(parser, path, "controller file")
     if not os.path.isdir(args.record_dir):
         fail(parser, f"record directory {args.record_dir} not found")
     require_file(parser, args.vae, "VAE file")
@@ -422,11 +463,18 @@ def main(argv=None):
             except ValueError as e:
                 fail(parser, str(e))
             print(f"the ranking dreams begin at the {len(starts['z'])} real states of {args.dream_starts}")
+        from model import Controller, load_params
+        controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+        try:
+            controllers = {path: load_params(path, controller) for path in args.ranking_controllers}
+        except ValueError as e:
+            fail(parser, str(e))
         ranking = rank_policies(rnn, initial_z, ranking_horizons, args.ranking_episodes,
                                 args.ranking_real_episodes, config, args.temperature, args.seed, vae=vae,
-                                starts=starts, picture_reward=args.dream_reward == "picture")
+                                starts=starts, picture_reward=args.dream_reward == "picture",
+                                picture_every=args.picture_every, controllers=controllers)
         ranking.update(initial_z=initial_z_path, preset=args.preset, dream_starts=args.dream_starts,
-                       dream_reward=args.dream_reward)
+                       dream_reward=args.dream_reward, picture_every=args.picture_every)
         ranking["table"] = ranking_markdown(ranking)
         print(ranking["table"])
     result = {"episodes": [episode_name(p) for p, _ in episodes], "episodes_source": source,

@@ -364,6 +364,35 @@ def test_dream_fidelity_ranks_fixed_policies(installed, record, tmp_path):
     assert again["policy_ranking"]["horizons"] == ranking["horizons"]          # same seed, same numbers
 
 
+def test_dream_fidelity_ranks_controller_files(installed, record, tmp_path):
+    """A controller file that is Best Fit in disguise scores Best Fit's real reward (through V and M)."""
+    bf = np.zeros(30 * (32 + 256) + 30)
+    bf[-30:] = np.arange(30)
+    (tmp_path / "bf.json").write_text(json.dumps([bf.tolist(), 0.0]))
+    argv = ["--record_dir", record, "--vae", installed / "vae" / "vae.json", "--rnn", installed / "rnn" / "rnn.json",
+            "--out", tmp_path / "f.json", "--ranking_horizons", "5", "--ranking_episodes", 4,
+            "--ranking_real_episodes", 2, "--ranking_controllers", tmp_path / "bf.json",
+            "--dream_reward", "picture", "--picture_every", "2"]
+    result, text = run(dream_fidelity.main, argv)
+    r = result["policy_ranking"]
+    name = str(tmp_path / "bf.json")
+    assert r["policies"] == ["best_fit", "worst_fit", name] and r["picture_every"] == 2
+    assert r["real"][name] == pytest.approx(r["real"]["best_fit"])
+    row = r["horizons"][0]
+    real, dream = (np.array([d[k] for k in r["policies"]]) for d in (r["real"], row["dream"]))
+    assert row["pairs_in_real_order"] == dream_fidelity.pairs_in_order(dream, real)
+    assert "| pairs in the real order |" in text and name in text
+    (tmp_path / "short.json").write_text(json.dumps([[0.0, 1.0], 0.0]))
+    with pytest.raises(SystemExit):
+        dream_fidelity.main([str(a) for a in argv[:-6]] + ["--ranking_controllers", str(tmp_path / "short.json")])
+
+
+def test_pairs_in_order():
+    assert dream_fidelity.pairs_in_order(np.array([3.0, 2.0, 1.0]), np.array([30.0, 20.0, 10.0])) == 1.0
+    assert dream_fidelity.pairs_in_order(np.array([1.0, 2.0, 3.0]), np.array([30.0, 20.0, 10.0])) == 0.0
+    assert dream_fidelity.pairs_in_order(np.array([2.0, 3.0, 1.0]), np.array([30.0, 20.0, 10.0])) == 2 / 3
+
+
 def test_dream_fidelity_ranks_in_dreams_begun_at_real_states(installed, record, series_file, tmp_path, capsys):
     import dream_starts
     rnn_json = installed / "rnn" / "rnn.json"
