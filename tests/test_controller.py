@@ -368,9 +368,10 @@ def test_common_random_numbers_give_every_member_the_same_dreams(models):
     same = np.tile(np.random.default_rng(1).normal(size=c.num_params) * 0.1, (3, 1))
     shared, _ = rollout_dream(c, same, dream, 4, np.random.default_rng(5), sample_actions=True,
                               common_random_numbers=True)
-    assert (shared == shared[0]).all() and len(set(shared[0])) > 1      # same dreams per member, not per episode
+    # same dreams per member, not per episode (up to BLAS rounding, which may differ between rows)
+    assert np.allclose(shared, shared[0], rtol=1e-5, atol=1e-5) and len(set(shared[0].round(3))) > 1
     apart, _ = rollout_dream(c, same, dream, 4, np.random.default_rng(5), sample_actions=True)
-    assert not (apart == apart[0]).all()
+    assert not np.allclose(apart, apart[0], rtol=1e-5, atol=1e-5)
 
 
 def test_train_with_common_random_numbers_on_two_workers(models, tmp_path):
