@@ -14,7 +14,9 @@ recorded step is equally likely to be trained on and windows that begin at an ep
 every dream does) are common; a window that runs past the episode's end is padded (weight 0).
 
 As in World Models, z_t is sampled from V's mu/logvar afresh for every batch, and the target for
-z_{t+1} is the same sample the next input uses. Inputs (z_t, a_t); targets z_{t+1}, reward r_t,
+z_{t+1} is the same sample the next input uses (--z_input mean: V's mu instead, the z the
+controller reads in the real environment). --mixture shared replaces the mixture per z dimension
+by one mixture over the whole z (rnn/rnn.py); both are departures, off by default. Inputs (z_t, a_t); targets z_{t+1}, reward r_t,
 done_t and the next valid-action mask m_{t+1}. The last step of an episode has no z_{t+1} and no
 m_{t+1}, but it must stay in the batch for the reward and done targets (its done is the only
 positive one), and MDNRNN.train_step has a single weight mask for all heads: so for that step
