@@ -92,8 +92,7 @@ class BatchDream:
             self.mask[:, 0] = 1
             return self.observation()
         pick = rng.integers(len(self.initial_z["mu"]), size=n)
-        mu, logvar = self.initial_z["mu"][pick], self.initial_z["logvar"][pick]
-        self.z = (mu + np.exp(logvar / 2) * rng.standard_normal(mu.shape)).astype(np.float32)
+        self.z = self.rnn.first_z(self.initial_z["mu"][pick], self.initial_z["logvar"][pick], rng)
         self.h, self.c = self.rnn.initial_state(n)
         if "action_mask" in self.initial_z:
             self.mask = self.initial_z["action_mask"][pick].copy()

@@ -6,9 +6,9 @@
 
 The controller is trained only in the dream, so what matters is whether M, fed the actions a
 real episode took, imagines the packing that really happened. For each episode the dream starts
-from V's encoding of the real first frame (z sampled from mu/logvar, as dream_env does), feeds
-the real actions one by one and samples every next z from M's mixture at --temperature, never
-looking at the real pictures again. For horizons k (--horizons, default 1, 10, 100, 1000; those
+from V's encoding of the real first frame (z sampled from mu/logvar, or mu for an M trained on
+means, as dream_env does), feeds the real actions one by one and samples every next z from M's
+mixture at --temperature, never looking at the real pictures again. For horizons k (--horizons, default 1, 10, 100, 1000; those
 beyond the longest episode are left out) it reports how often, over dreamed steps 1..k and at
 step k itself:
 
@@ -107,7 +107,7 @@ def dream(vae, rnn, episodes: list, temperature: float, rng: np.random.Generator
     for i, ep in enumerate(episodes):
         actions[i, :lengths[i]] = ep["action"]
     mu, logvar = vae.encode_mu_logvar(np.stack([ep["obs"][0] for ep in episodes]))
-    z = (mu + np.exp(logvar / 2) * rng.standard_normal(mu.shape)).astype(np.float32)
+    z = rnn.first_z(mu, logvar, rng)
     h, c = rnn.initial_state(E)
     dream_z = np.zeros((E, T, rnn.z_size), np.float32)       # [:, t]: dreamed frame t + 1
     head_mask = np.zeros((E, T, rnn.action_size), np.uint8)  # [:, t]: M's mask for frame t + 1

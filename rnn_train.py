@@ -258,7 +258,7 @@ def main(argv=None):
     from rnn.rnn import MDNRNN
     tf.random.set_seed(args.seed)
     model = MDNRNN(z_size=series.z_size, action_size=series.action_size, hidden_size=args.hidden_size,
-                   num_mixtures=args.num_mixtures, mixture=args.mixture, learning_rate=args.learning_rate, grad_clip=args.grad_clip,
+                   num_mixtures=args.num_mixtures, mixture=args.mixture, z_input=args.z_input, learning_rate=args.learning_rate, grad_clip=args.grad_clip,
                    reward_scale=args.reward_scale, seed=args.seed)
 
     meta = {k: getattr(args, k) for k in RESUME_FLAGS}

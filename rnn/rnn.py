@@ -31,6 +31,7 @@ Saved file format (JSON, written atomically through ``path + ".tmp"``)::
       "format": "mdnrnn-v2",
       "z_size": 32, "action_size": 30, "hidden_size": 256, "num_mixtures": 5, "mask_hidden": 128,
       "mixture": "per_dim",       (optional, "per_dim" if absent; or "shared")
+      "z_input": "sample",        (optional, "sample" if absent; "mean": trained on V's mean z)
       "learning_rate": 0.001, "grad_clip": 1.0, "reward_scale": 10.0,
       "z_weight": 1.0, "reward_weight": 1.0, "done_weight": 1.0, "mask_weight": 1.0,
       "weights": [
@@ -58,6 +59,9 @@ _HPARAM_DEFAULTS = {
 }
 _INT_HPARAMS = ("z_size", "action_size", "hidden_size", "num_mixtures", "mask_hidden")
 MIXTURES = ("per_dim", "shared")
+Z_INPUTS = ("sample", "mean")
+# Optional header keys: written only when they differ from these (older files lack them).
+_OPTIONAL_HPARAMS = {"mixture": "per_dim", "z_input": "sample"}
 # Output heads on top of the LSTM, in the order their weights are stored; the mask
 # head (mask_hidden, then mask) follows them and reads [h, next z].
 _HEADS = ("mdn_logit", "mdn_mu", "mdn_logsigma", "reward", "done")
@@ -104,9 +108,10 @@ def read_json(path):
     """
     document = weights_json.read_document(path, FORMAT)
     hp = {key: weights_json.require(document, key, path) for key in _HPARAM_DEFAULTS}
-    hp["mixture"] = document.get("mixture", "per_dim")          # files from before "shared" existed
-    if hp["mixture"] not in MIXTURES:
-        raise ValueError(f"{path}: mixture must be one of {MIXTURES}, got {hp['mixture']!r}")
+    for key, allowed in (("mixture", MIXTURES), ("z_input", Z_INPUTS)):
+        hp[key] = document.get(key, _OPTIONAL_HPARAMS[key])
+        if hp[key] not in allowed:
+            raise ValueError(f"{path}: {key} must be one of {allowed}, got {hp[key]!r}")
     for key in _INT_HPARAMS:
         if not isinstance(hp[key], int) or hp[key] < 1:
             raise ValueError(f"{path}: {key} must be a positive integer, got {hp[key]!r}")
@@ -124,14 +129,17 @@ class MDNRNN:
 
     def __init__(self, z_size=32, action_size=30, hidden_size=256, num_mixtures=5, mask_hidden=128,
                  learning_rate=1e-3, grad_clip=1.0, reward_scale=10.0,
-                 z_weight=1.0, reward_weight=1.0, done_weight=1.0, mask_weight=1.0, seed=0, mixture="per_dim"):
+                 z_weight=1.0, reward_weight=1.0, done_weight=1.0, mask_weight=1.0, seed=0, mixture="per_dim",
+                 z_input="sample"):
         import keras
         import tensorflow as tf
 
-        if mixture not in MIXTURES:
-            raise ValueError(f"mixture must be one of {MIXTURES}, got {mixture!r}")
+        if mixture not in MIXTURES or z_input not in Z_INPUTS:
+            raise ValueError(f"mixture must be one of {MIXTURES} and z_input one of {Z_INPUTS}, "
+                             f"got {mixture!r}, {z_input!r}")
         self.hp = {"z_size": int(z_size), "action_size": int(action_size),
                    "hidden_size": int(hidden_size), "num_mixtures": int(num_mixtures), "mixture": mixture,
+                   "z_input": z_input,
                    "mask_hidden": int(mask_hidden), "learning_rate": float(learning_rate), "grad_clip": float(grad_clip),
                    "reward_scale": float(reward_scale), "z_weight": float(z_weight),
                    "reward_weight": float(reward_weight), "done_weight": float(done_weight),
@@ -263,8 +271,8 @@ class MDNRNN:
 
     def save_json(self, path):
         """Write the model to `path` in the format of the module docstring."""
-        # "mixture" is written only when shared, so per-dimension files stay as they always were
-        header = {k: v for k, v in self.hp.items() if not (k == "mixture" and v == "per_dim")}
+        # optional keys at their defaults are left out, so such files stay as they always were
+        header = {k: v for k, v in self.hp.items() if _OPTIONAL_HPARAMS.get(k, object()) != v}
         weights_json.write(path, FORMAT, header, self.get_weights(), _SAVED_DTYPE)
 
     @classmethod
@@ -287,6 +295,7 @@ class RNNNumpy:
         self.z_size, self.action_size = hp["z_size"], hp["action_size"]
         self.hidden_size, self.num_mixtures = hp["hidden_size"], hp["num_mixtures"]
         self.mixture = hp.get("mixture", "per_dim")
+        self.z_input = hp.get("z_input", "sample")
         self.reward_scale = float(hp["reward_scale"])
         w = {name: np.asarray(values, np.float32) for name, values in weights.items()}
         kernel = w["lstm/kernel"]
@@ -309,6 +318,13 @@ class RNNNumpy:
     @classmethod
     def from_model(cls, model):
         return cls(model.hp, model.get_weights())
+
+    def first_z(self, mu, logvar, rng):
+        """The z a dream starts from, given V's encoding of a real picture: a sample, or the mean
+        for an M trained on means (rnn_train.py --z_input mean)."""
+        if self.z_input == "mean":
+            return np.array(mu, np.float32)
+        return (mu + np.exp(logvar / 2) * rng.standard_normal(np.shape(mu))).astype(np.float32)
 
     def initial_state(self, n):
         """Zero LSTM state (h, c) for n sequences, each float32 (n, hidden_size)."""

@@ -242,3 +242,17 @@ def test_shared_mixture_training_reduces_every_loss():
     losses = [model.train_step(*batch) for _ in range(40)]
     for key in losses[0]:
         assert losses[-1][key] < losses[0][key], key
+
+
+def test_an_m_trained_on_means_starts_dreams_from_the_mean(model, tmp_path):
+    """z_input travels in the file; first_z then returns V's mean instead of a sample."""
+    hp = dict(model.hp, z_input="mean")
+    mean_m = MDNRNN(**hp)
+    mean_m.set_weights(model.get_weights())
+    mean_m.save_json(tmp_path / "mean.json")
+    assert json.loads((tmp_path / "mean.json").read_text())["z_input"] == "mean"
+    mu, logvar = np.ones((3, 32), np.float32), np.zeros((3, 32), np.float32)
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(RNNNumpy.from_json(tmp_path / "mean.json").first_z(mu, logvar, rng), mu)
+    sampled = RNNNumpy.from_model(model).first_z(mu, logvar, np.random.default_rng(0))
+    np.testing.assert_allclose(sampled, mu + np.random.default_rng(0).standard_normal(mu.shape), rtol=1e-6)
