@@ -8,9 +8,9 @@ The controller is trained only in the dream, so what matters is whether M, fed t
 real episode took, imagines the packing that really happened. For each episode the dream starts
 from V's encoding of the real first frame (z sampled from mu/logvar, or mu for an M trained on
 means, as dream_env does), feeds the real actions one by one and samples every next z from M's
-mixture at --temperature, never looking at the real pictures again. For horizons k (--horizons, default 1, 10, 100, 1000; those
-beyond the longest episode are left out) it reports how often, over dreamed steps 1..k and at
-step k itself:
+mixture at --temperature, never looking at the real pictures again. For horizons k (--horizons,
+default 1, 10, 100, 1000; those beyond the longest episode are left out) it reports how often,
+over dreamed steps 1..k and at step k itself:
 
   (a) the mask of the dreamed picture (V decodes z, decode_pictures reads it) equals the real
       valid-action mask exactly,
@@ -44,8 +44,8 @@ from tqdm import tqdm
 
 from baselines import evaluate_policy
 from bin_packing_environment import PRESETS, action_masks, decode_pictures
-from stages_common import (EpisodeReader, atomic_write_json, episode_name, fail, holdout_mask, parse_fraction,
-                           positive_float, positive_int, require_file, sha256_file)
+from stages_common import (EpisodeReader, atomic_write_json, episode_name, fail, holdout_mask, non_negative_int,
+                           parse_fraction, positive_float, positive_int, require_file, sha256_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dream_starts", default=None,
                    help="begin the ranking dreams at these recorded real states (dream_starts.py) instead of "
                         "initial z: how well do short dreams from real states order the policies?")
-    p.add_argument("--picture_every", type=int, default=0,
+    p.add_argument("--picture_every", type=non_negative_int, default=0,
                    help="with --dream_reward picture, average the end waste over one picture in N of the "
                         "dream's second half (as train.py --picture_every; 0: the last picture only)")
     p.add_argument("--ranking_controllers", nargs="*", default=[],
@@ -387,8 +387,8 @@ def main(argv=None):
                             if args.ranking_horizons.strip() else [])
     except ValueError as e:
         parser.error(str(e))
-    if args.picture_every < 0 or (args.picture_every and args.dream_reward != "picture"):
-        parser.error("--picture_every must be >= 0 and needs --dream_reward picture")
+    if args.picture_every and args.dream_reward != "picture":
+        parser.error("--picture_every needs --dream_reward picture")
     for path in args.ranking_controllers:
         require_file(parser, path, "controller file")
     if not os.path.isdir(args.record_dir):

@@ -16,12 +16,12 @@ every dream does) are common; a window that runs past the episode's end is padde
 As in World Models, z_t is sampled from V's mu/logvar afresh for every batch, and the target for
 z_{t+1} is the same sample the next input uses (--z_input mean: V's mu instead, the z the
 controller reads in the real environment). --mixture shared replaces the mixture per z dimension
-by one mixture over the whole z (rnn/rnn.py); both are departures, off by default. Inputs (z_t, a_t); targets z_{t+1}, reward r_t,
-done_t and the next valid-action mask m_{t+1}. The last step of an episode has no z_{t+1} and no
-m_{t+1}, but it must stay in the batch for the reward and done targets (its done is the only
-positive one), and MDNRNN.train_step has a single weight mask for all heads: so for that step
-the z target is z_t and the mask target is m_t (one step in an episode's length; documented
-approximation). The held-out report leaves those steps out of the z and mask scores.
+by one mixture over the whole z (rnn/rnn.py); both are departures, off by default. Inputs
+(z_t, a_t); targets z_{t+1}, reward r_t, done_t and the next valid-action mask m_{t+1}. The last
+step of an episode has no z_{t+1} and no m_{t+1}, but it must stay in the batch for the reward and
+done targets (its done is the only positive one), and MDNRNN.train_step has a single weight mask
+for all heads: so for that step the z target is z_t and the mask target is m_t (one step in an
+episode's length; documented approximation). The held-out report leaves those steps out of the z and mask scores.
 
 Writes out_dir/rnn.json, out_dir/initial_z.json (mu, logvar and action mask of the first frame of
 up to --initial_z_max training episodes, for dream_env.load_initial_z), out_dir/provenance.json
@@ -41,7 +41,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from rnn.rnn import z_nll
+from rnn.rnn import MIXTURES, Z_INPUTS, z_nll
 from stages_common import (atomic_write_json, atomic_write_npz, fail, holdout_mask, non_negative_int,
                            parse_fraction, positive_float, positive_int, read_checkpoint, require_file,
                            restore_optimizer, sha256_file)
@@ -66,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad_clip", type=positive_float, default=1.0, help="clip by value; World Models: 1.0")
     p.add_argument("--hidden_size", type=positive_int, default=256, help="LSTM units; World Models: 256")
     p.add_argument("--num_mixtures", type=positive_int, default=5, help="Gaussians per z dim; World Models: 5")
-    p.add_argument("--mixture", choices=["per_dim", "shared"], default="per_dim",
+    p.add_argument("--mixture", choices=MIXTURES, default="per_dim",
                    help="per_dim: a mixture per z dimension, each sampled on its own (World Models); shared: one "
                         "component chosen for the whole z (use more --num_mixtures, e.g. 16)")
-    p.add_argument("--z_input", choices=["sample", "mean"], default="sample",
+    p.add_argument("--z_input", choices=Z_INPUTS, default="sample",
                    help="z fed to and predicted by M: sampled from V's mu/logvar afresh for every batch (World "
                         "Models) or V's mean, the z the controller sees in the real environment")
     p.add_argument("--reward_scale", type=positive_float, default=10.0, help="reward head predicts r / scale")
@@ -133,8 +133,8 @@ class Series:
     def windows(self, pick, first, n_real, seq_len, rng, sample_z=True):
         """Padded arrays (B, seq_len, ...) of episodes `pick` from step `first`, n_real real steps.
 
-        z is sampled from mu/logvar (or is mu itself without sample_z); next_z at step t is the sample used as input at t+1, or z_t
-        on an episode's last step (see the module docstring); same for next_masks.
+        z is sampled from mu/logvar (or is mu itself without sample_z); next_z at step t is the z
+        used as input at t+1, or z_t on an episode's last step (see the module docstring); same for next_masks.
         """
         L, off = self.lengths[pick][:, None], self.offsets[pick][:, None]
         pos = np.asarray(first)[:, None] + np.arange(seq_len + 1)
@@ -258,8 +258,9 @@ def main(argv=None):
     from rnn.rnn import MDNRNN
     tf.random.set_seed(args.seed)
     model = MDNRNN(z_size=series.z_size, action_size=series.action_size, hidden_size=args.hidden_size,
-                   num_mixtures=args.num_mixtures, mixture=args.mixture, z_input=args.z_input, learning_rate=args.learning_rate, grad_clip=args.grad_clip,
-                   reward_scale=args.reward_scale, seed=args.seed)
+                   num_mixtures=args.num_mixtures, mixture=args.mixture, z_input=args.z_input,
+                   learning_rate=args.learning_rate, grad_clip=args.grad_clip, reward_scale=args.reward_scale,
+                   seed=args.seed)
 
     meta = {k: getattr(args, k) for k in RESUME_FLAGS}
     meta["series"] = series.fingerprint()
@@ -274,12 +275,13 @@ def main(argv=None):
         print(f"resuming from checkpoint {ck_path} at step {start_step} of {args.steps}")
 
     eval_eps = held_eps[:args.eval_episodes]
+    sample_z = args.z_input == "sample"
     sums, count = np.zeros(len(LOSS_KEYS)), 0
     train_seconds, trained = 0.0, 0
     bar = tqdm(total=args.steps, initial=min(start_step, args.steps), desc="M steps", unit="step")
     for step in range(start_step, args.steps):
         batch = series.sample(train_eps, args.batch_size, args.seq_len, np.random.default_rng([args.seed, step]),
-                              sample_z=args.z_input == "sample")
+                              sample_z=sample_z)
         t0 = time.time()
         losses = model.train_step(batch["z"], batch["actions"], batch["rewards"], batch["dones"],
                                   batch["next_masks"], batch["next_z"], batch["weights"])
@@ -297,7 +299,7 @@ def main(argv=None):
             # mean training losses since the last entry (+ held-out scores): the learning curve
             entry = {"step": done_steps, **{k: round(float(v), 5) for k, v in zip(LOSS_KEYS, sums / count)}}
             if eval_now:
-                entry["heldout"] = evaluate(model, series, eval_eps, args.seed, sample_z=args.z_input == "sample")
+                entry["heldout"] = evaluate(model, series, eval_eps, args.seed, sample_z=sample_z)
                 bar.write(f"step {done_steps}: held-out {format_eval(entry['heldout'])}")
             history.append(entry)
             sums, count = np.zeros(len(LOSS_KEYS)), 0
@@ -311,7 +313,7 @@ def main(argv=None):
     iz_path = os.path.join(args.out_dir, "initial_z.json")
     iz = initial_z(series, train_eps, args.initial_z_max, args.seed)
     atomic_write_json(iz_path, iz)
-    heldout = evaluate(model, series, eval_eps, args.seed, sample_z=args.z_input == "sample")
+    heldout = evaluate(model, series, eval_eps, args.seed, sample_z=sample_z)
     sps = trained / train_seconds if train_seconds else None
     provenance = {"vae_sha256": series.vae_sha256, "series": os.path.abspath(args.series),
                   "series_fingerprint": meta["series"], "rnn_sha256": sha256_file(rnn_path),

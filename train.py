@@ -31,7 +31,7 @@ import numpy as np
 
 from bin_packing_environment import PRESETS, episode_seeds, make_config
 from model import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
-from stages_common import atomic_write_json, atomic_write_pickle, changed_flags, sha256_file
+from stages_common import atomic_write_json, atomic_write_pickle, changed_flags, non_negative_int, sha256_file
 
 # Flags that define what CMA-ES optimises: a resumed run must keep them.
 OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature", "time_horizon", "preset",
@@ -71,7 +71,7 @@ def parse_args(argv=None):
     p.add_argument("--dream_reward", choices=["m", "picture"], default="m",
                    help="m: the sum of M's reward head (World Models); picture: the waste of the first dreamed "
                         "packing minus that of the last, read off V's decoded pictures (needs --vae)")
-    p.add_argument("--picture_every", type=int, default=0,
+    p.add_argument("--picture_every", type=non_negative_int, default=0,
                    help="with --dream_reward picture: 0 reads the last picture only; N > 0 averages the waste "
                         "of one picture in N over the dream's second half (less noise, more decoding)")
     p.add_argument("--dream_starts", default=None,
@@ -85,8 +85,6 @@ def parse_args(argv=None):
         p.error("--popsize must be >= 2 for CMA-ES")
     if args.sigma_init <= 0 or args.temperature <= 0:
         p.error("--sigma_init and --temperature must be positive")
-    if args.picture_every < 0:
-        p.error(f"--picture_every must be >= 0, got {args.picture_every}")
     if args.picture_every and args.dream_reward != "picture":
         p.error("--picture_every needs --dream_reward picture")
     if args.weight_decay < 0:

@@ -336,8 +336,9 @@ class RNNNumpy:
 
         z: (n, z_size); a: int actions (n,); h, c: (n, hidden_size).
         Returns (h_new, c_new, out) with out = {"logmix", "mu", "logsigma": (n, z_size,
-        num_mixtures), logmix (n, 1, num_mixtures) when shared; "reward": (n,) in env units; "done_prob": (n,)}. The next step's
-        valid actions come from ``mask_prob(h_new, z_next)`` once z_next is sampled.
+        num_mixtures), logmix (n, 1, num_mixtures) when shared; "reward": (n,) in env units;
+        "done_prob": (n,)}. The next step's valid actions come from ``mask_prob(h_new, z_next)``
+        once z_next is sampled.
         """
         gates = (np.asarray(z, np.float32) @ self._kernel_z + self._kernel_a[np.asarray(a)]
                  + h @ self._recurrent)
