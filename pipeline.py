@@ -33,21 +33,21 @@ from stages_common import atomic_write_json
 # What each scale runs. tiny: CI smoke test (minutes); small: a 2-core machine in about an
 # hour; paper: the original's scale for a big machine.
 SCALES = {
-    "tiny": dict(rollouts=[(6, 0.3)], horizon=30, vae_epochs=1, frames_per_episode=10, vae_lr=1e-3, kl_tolerance=4,
-                 rnn_steps=20, seq_len=10, popsize=4, num_episode=2, generations=2, dream_horizon=10,
+    "tiny": dict(rollouts=[(6, 0.3)], horizon=30, vae_epochs=1, frames_per_episode=10, vae_lr=1e-3,
+                 kl_tolerance=4, rnn_steps=20, seq_len=10, popsize=4, num_episode=2, generations=2, dream_horizon=10,
                  weight_decay=0.01, eval_steps=2, eval_episodes=2, eval_horizon=30, workers=1, final_episodes=3,
                  starts_per_episode=5, dream_reward="picture", common_random_numbers=True,
                  fidelity_episodes=2, fidelity_extra=["--ranking_horizons", "10", "--ranking_episodes", "4",
                                                       "--ranking_real_episodes", "2"]),
     "small": dict(rollouts=[(300, 0.2), (200, 0.5)], horizon=None, vae_epochs=30, frames_per_episode=50,
-                  vae_lr=5e-4, kl_tolerance=4, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16, generations=30,
-                  dream_horizon=100, weight_decay=400, eval_steps=2, eval_episodes=100, eval_horizon=None,
-                  workers=1, final_episodes=1000, fidelity_episodes=20, starts_per_episode=100,
+                  vae_lr=5e-4, kl_tolerance=4, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16,
+                  generations=30, dream_horizon=100, weight_decay=400, eval_steps=2, eval_episodes=100,
+                  eval_horizon=None, workers=1, final_episodes=1000, fidelity_episodes=20, starts_per_episode=100,
                   dream_reward="picture", common_random_numbers=True),
     "paper": dict(rollouts=[(6000, 0.2), (4000, 0.5)], horizon=None, vae_epochs=10, frames_per_episode=0,
-                  vae_lr=1e-4, kl_tolerance=0.5, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16, generations=1000,
-                  dream_horizon=None, weight_decay=0.01, eval_steps=25, eval_episodes=1024, eval_horizon=None,
-                  workers=64, final_episodes=1000, fidelity_episodes=100),
+                  vae_lr=1e-4, kl_tolerance=0.5, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16,
+                  generations=1000, dream_horizon=None, weight_decay=0.01, eval_steps=25, eval_episodes=1024,
+                  eval_horizon=None, workers=64, final_episodes=1000, fidelity_episodes=100),
 }
 
 

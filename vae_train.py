@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=10, help="World Models: 10")
     p.add_argument("--batch_size", type=positive_int, default=100, help="World Models: 100")
     p.add_argument("--learning_rate", type=positive_float, default=1e-4, help="Adam; World Models: 1e-4")
-    p.add_argument("--kl_tolerance", type=float, default=0.5, help="free nats per z dim; World Models: 0.5 (16 nats in all), too few for V to draw a lone "
-                   "bin: the small scale uses 4 (README, 'More free bits for V')")
+    p.add_argument("--kl_tolerance", type=float, default=0.5,
+                   help="free nats per z dim; World Models: 0.5 (16 nats in all), too few for V to draw "
+                        "a lone bin: the small scale uses 4 (README, 'More free bits for V')")
     p.add_argument("--z_size", type=positive_int, default=32, help="World Models: 32")
     p.add_argument("--max_episodes", type=positive_int, default=10000,
                    help="use at most this many episode files (the first by name); World Models: 10000")
