@@ -21,7 +21,8 @@ by one mixture over the whole z (rnn/rnn.py); both are departures, off by defaul
 step of an episode has no z_{t+1} and no m_{t+1}, but it must stay in the batch for the reward and
 done targets (its done is the only positive one), and MDNRNN.train_step has a single weight mask
 for all heads: so for that step the z target is z_t and the mask target is m_t (one step in an
-episode's length; documented approximation). The held-out report leaves those steps out of the z and mask scores.
+episode's length; documented approximation). The held-out report leaves those steps out of the
+z and mask scores.
 
 Writes out_dir/rnn.json, out_dir/initial_z.json (mu, logvar and action mask of the first frame of
 up to --initial_z_max training episodes, for dream_env.load_initial_z), out_dir/provenance.json
@@ -134,7 +135,8 @@ class Series:
         """Padded arrays (B, seq_len, ...) of episodes `pick` from step `first`, n_real real steps.
 
         z is sampled from mu/logvar (or is mu itself without sample_z); next_z at step t is the z
-        used as input at t+1, or z_t on an episode's last step (see the module docstring); same for next_masks.
+        used as input at t+1, or z_t on an episode's last step (see the module docstring); same for
+        next_masks.
         """
         L, off = self.lengths[pick][:, None], self.offsets[pick][:, None]
         pos = np.asarray(first)[:, None] + np.arange(seq_len + 1)
