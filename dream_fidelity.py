@@ -30,7 +30,9 @@ per --ranking_horizons length (started from --initial_z, default: initial_z/ bes
 the check is whether the dream orders them as the real environment does ("" turns it off).
 The same real episodes are also fed to M step by step (V's z of each real picture, the action
 taken) and its predicted rewards summed: "M on the real episodes" tells M's one-step heads
-apart from the drift of the open-loop dream.
+apart from the drift of the open-loop dream. Then Best Fit plays --coherence_dreams closed-loop
+dreams of the longest ranking horizon, every dreamed picture read: does the dream stay a packing
+(M's mask equal to the mask its own picture shows, the pictured waste steady)?
 Prints markdown tables and writes --out (JSON).
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from baselines import evaluate_policy
-from bin_packing_environment import PRESETS, action_masks, decode_pictures
+from bin_packing_environment import PRESETS, action_masks, decode_pictures, waste
 from stages_common import (EpisodeReader, atomic_write_json, episode_name, fail, holdout_mask, non_negative_int,
                            parse_fraction, positive_float, positive_int, require_file, sha256_file)
 
@@ -85,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking_controllers", nargs="*", default=[],
                    help="controller files (train.py logs) ranked too, in the dream and on the same real "
                         "episodes: does the dream order trained controllers as the real environment does?")
+    p.add_argument("--coherence_dreams", type=non_negative_int, default=200,
+                   help="with the ranking on, Best Fit plays this many dreams of the longest ranking horizon "
+                        "and every dreamed picture is read: does the dream stay a packing? (0: off)")
     return p
 
 
@@ -301,6 +306,54 @@ def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_epis
     return out
 
 
+COHERENCE_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temperature: float = 1.0,
+                    seed: int = 0, starts: dict | None = None) -> dict:
+    """Does a closed-loop dream stay a packing? Best Fit plays `dreams` dreams and every dreamed z
+    is decoded (V, then decode_pictures) into the packing it shows.
+
+    Open-loop scores (above) compare the dream with one real future; this needs none. Per step it
+    reports how often M's mask head (what the controller acts on) equals the mask read off the
+    dreamed picture, how often Best Fit's action is invalid by that picture, and the waste the
+    pictures show: a dream whose samples leave the pictures' manifold fills with phantom bins
+    (the waste climbs) and offers moves the picture does not allow.
+    """
+    from dream_env import BatchDream
+    from model import Controller
+    controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    best_fit = fixed_policies(controller)[:1]
+    dream = BatchDream(rnn, initial_z, temperature, horizon, starts)
+    obs = dream.reset(dreams, np.random.default_rng(seed))
+    rows, agree, invalid, new_bins = [], [], [], []
+    for t in range(horizon + 1):
+        states = decode_pictures(vae.decode(obs["z"]), rnn.action_size)
+        same = (action_masks(states) == obs["action_mask"]).all(1)
+        if t in COHERENCE_STEPS or t == horizon:
+            rows.append({"step": t, "mask_agrees": float(same.mean()), "waste": float(waste(states).mean())})
+        if t == horizon:
+            break
+        x = np.concatenate([obs["z"], obs["h"]], 1)[None]
+        actions = controller.act(best_fit, x, obs["action_mask"][None])[0]
+        agree.append(same.mean())
+        invalid.append(float((action_masks(states)[np.arange(dreams), actions] == 0).mean()))
+        new_bins.append(float((actions == 0).mean()))
+        obs, _, _, _ = dream.step(actions)
+    return {"dreams": dreams, "horizon": horizon, "temperature": temperature, "steps": rows,
+            "mask_agrees": float(np.mean(agree)), "invalid_by_picture": float(np.mean(invalid)),
+            "new_bins_per_step": float(np.mean(new_bins))}
+
+
+def coherence_markdown(c) -> str:
+    lines = ["| dream step | M mask = mask of the dreamed picture | waste the picture shows |", "| --- | --- | --- |"]
+    lines += [f"| {r['step']} | {r['mask_agrees']:.1%} | {r['waste']:.1f} |" for r in c["steps"]]
+    lines.append(f"\nBest Fit in {c['dreams']} dreams of {c['horizon']} steps: M's mask equals the picture's on "
+                 f"{c['mask_agrees']:.1%} of steps, {c['invalid_by_picture']:.1%} of its actions are invalid by the "
+                 f"picture, {c['new_bins_per_step']:.3f} new bins per step")
+    return "\n".join(lines)
+
+
 def ranking_markdown(r) -> str:
     lines = ["| dream horizon | dream Best Fit | dream Worst Fit | order as real? |", "| --- | --- | --- | --- |"]
     for row in r["horizons"]:
@@ -477,6 +530,12 @@ def main(argv=None):
                        dream_reward=args.dream_reward, picture_every=args.picture_every)
         ranking["table"] = ranking_markdown(ranking)
         print(ranking["table"])
+        if args.coherence_dreams:
+            c = dream_coherence(vae, rnn, initial_z, max(ranking_horizons), args.coherence_dreams,
+                                args.temperature, args.seed, starts)
+            c["table"] = coherence_markdown(c)
+            print("\ndoes the dream stay a packing? (Best Fit, closed loop)\n" + c["table"])
+            ranking["coherence"] = c
     result = {"episodes": [episode_name(p) for p, _ in episodes], "episodes_source": source,
               "temperature": args.temperature, "seed": args.seed, "vae": args.vae, "rnn": args.rnn,
               "skipped_files": skipped, "horizons": rows, "total_reward": totals, "table": table,
