@@ -31,7 +31,7 @@ the check is whether the dream orders them as the real environment does ("" turn
 The same real episodes are also fed to M step by step (V's z of each real picture, the action
 taken) and its predicted rewards summed: "M on the real episodes" tells M's one-step heads
 apart from the drift of the open-loop dream. Then Best Fit plays --coherence_dreams closed-loop
-dreams of the longest ranking horizon, every dreamed picture read: does the dream stay a packing
+dreams of --coherence_horizon steps, every dreamed picture read: does the dream stay a packing
 (M's mask equal to the mask its own picture shows, the pictured waste steady)?
 Prints markdown tables and writes --out (JSON).
 """
@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="controller files (train.py logs) ranked too, in the dream and on the same real "
                         "episodes: does the dream order trained controllers as the real environment does?")
     p.add_argument("--coherence_dreams", type=non_negative_int, default=200,
-                   help="with the ranking on, Best Fit plays this many dreams of the longest ranking horizon "
-                        "and every dreamed picture is read: does the dream stay a packing? (0: off)")
+                   help="with the ranking on, Best Fit plays this many closed-loop dreams and every dreamed "
+                        "picture is read: does the dream stay a packing? (0: off)")
+    p.add_argument("--coherence_horizon", type=positive_int, default=100, help="steps of those dreams")
     return p
 
 
@@ -531,7 +532,7 @@ def main(argv=None):
         ranking["table"] = ranking_markdown(ranking)
         print(ranking["table"])
         if args.coherence_dreams:
-            c = dream_coherence(vae, rnn, initial_z, max(ranking_horizons), args.coherence_dreams,
+            c = dream_coherence(vae, rnn, initial_z, args.coherence_horizon, args.coherence_dreams,
                                 args.temperature, args.seed, starts)
             c["table"] = coherence_markdown(c)
             print("\ndoes the dream stay a packing? (Best Fit, closed loop)\n" + c["table"])

@@ -38,7 +38,7 @@ SCALES = {
                  weight_decay=0.01, eval_steps=2, eval_episodes=2, eval_horizon=30, workers=1, final_episodes=3,
                  starts_per_episode=5, dream_reward="picture", common_random_numbers=True,
                  fidelity_episodes=2, fidelity_extra=["--ranking_horizons", "10", "--ranking_episodes", "4",
-                                                      "--ranking_real_episodes", "2"]),
+                                                      "--ranking_real_episodes", "2", "--coherence_dreams", "8"]),
     "small": dict(rollouts=[(300, 0.2), (200, 0.5)], horizon=None, vae_epochs=30, frames_per_episode=50,
                   vae_lr=5e-4, kl_tolerance=4, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16,
                   generations=30, dream_horizon=100, weight_decay=400, eval_steps=2, eval_episodes=100,

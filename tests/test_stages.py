@@ -341,10 +341,10 @@ def test_dream_fidelity_ranks_fixed_policies(installed, record, tmp_path):
     out = tmp_path / "fidelity.json"
     argv = ["--record_dir", record, "--vae", installed / "vae" / "vae.json", "--rnn", installed / "rnn" / "rnn.json",
             "--out", out, "--ranking_horizons", "10,5", "--ranking_episodes", 4, "--ranking_real_episodes", 2,
-            "--coherence_dreams", 3]
+            "--coherence_dreams", 3, "--coherence_horizon", 10]
     result, text = run(dream_fidelity.main, argv)
     ranking = json.loads(out.read_text())["policy_ranking"]
-    coherence = ranking["coherence"]                 # Best Fit, closed loop, the longest horizon
+    coherence = ranking["coherence"]                 # Best Fit, closed loop
     assert coherence["dreams"] == 3 and [r["step"] for r in coherence["steps"]] == [0, 1, 2, 5, 10]
     assert all(0 <= r["mask_agrees"] <= 1 and r["waste"] >= 0 for r in coherence["steps"])
     assert 0 <= coherence["invalid_by_picture"] <= 1 and 0 <= coherence["new_bins_per_step"] <= 1
