@@ -330,7 +330,8 @@ def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temper
     rows, agree, invalid, new_bins = [], [], [], []
     for t in range(horizon + 1):
         states = decode_pictures(vae.decode(obs["z"]), rnn.action_size)
-        same = (action_masks(states) == obs["action_mask"]).all(1)
+        pictured = action_masks(states)
+        same = (pictured == obs["action_mask"]).all(1)
         if t in COHERENCE_STEPS or t == horizon:
             rows.append({"step": t, "mask_agrees": float(same.mean()), "waste": float(waste(states).mean())})
         if t == horizon:
@@ -338,7 +339,7 @@ def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temper
         x = np.concatenate([obs["z"], obs["h"]], 1)[None]
         actions = controller.act(best_fit, x, obs["action_mask"][None])[0]
         agree.append(same.mean())
-        invalid.append(float((action_masks(states)[np.arange(dreams), actions] == 0).mean()))
+        invalid.append(float((pictured[np.arange(dreams), actions] == 0).mean()))
         new_bins.append(float((actions == 0).mean()))
         obs, _, _, _ = dream.step(actions)
     return {"dreams": dreams, "horizon": horizon, "temperature": temperature, "steps": rows,
