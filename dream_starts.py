@@ -81,7 +81,7 @@ class Recorder:
     def __init__(self, chosen: np.ndarray):
         self.chosen, self.rows = chosen, {k: [] for k in ("z", "h", "c", "action_mask")}
 
-    def __call__(self, t, z, h, c, mask, alive):
+    def __call__(self, t, z, h, c, mask, alive, state=None):
         keep = alive & self.chosen[:, t] if t < self.chosen.shape[1] else np.zeros(len(z), bool)
         for k, v in zip(("z", "h", "c", "action_mask"), (z, h, c, mask)):
             self.rows[k].append(np.asarray(v)[keep])

@@ -86,8 +86,8 @@ def rollout_real(controller: Controller, params, vae, rnn, config, seeds, rng=No
     """Total real reward (P, E) of P parameter vectors, each on the E episodes `seeds` (E,).
 
     Every member plays the same episodes; z is the VAE mean of the picture, h comes from M.
-    on_step(t, z, h, c, mask, alive), if given, sees the agent's state before each action
-    (dream_starts.py records from it the states the controller visits).
+    on_step(t, z, h, c, mask, alive, state), if given, sees the agent's state before each action
+    (dream_starts.py records from it the states the controller visits; imitate.py labels them).
     """
     params = np.atleast_2d(np.asarray(params, np.float32))
     P, E = len(params), len(seeds)
@@ -104,7 +104,7 @@ def rollout_real(controller: Controller, params, vae, rnn, config, seeds, rng=No
     while not done.all():
         z, _ = vae.encode_mu_logvar(obs["picture"])
         if on_step is not None:
-            on_step(steps, z, h, c, obs["action_mask"], ~done)
+            on_step(steps, z, h, c, obs["action_mask"], ~done, obs["state"])
         x = np.concatenate([z, h], axis=1).reshape(P, E, -1)
         actions = controller.act(params, x, obs["action_mask"].reshape(P, E, -1), rng).reshape(-1)
         obs, reward, done, _ = env.step(actions)
