@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from baselines import best_fit, random_valid_from_uniforms
+from baselines import best_fit, random_valid_from_uniforms, sum_of_squares
 from bin_packing_environment import BatchBinPacking, write_episode_npz
 
 POLICY_STREAM = 1  # spawn key of the policy's Generator (the item stream uses the bare seed)
@@ -33,14 +33,22 @@ def epsilon_best_fit(masks, u_explore, u_pick, epsilon: float):
     return np.where(u_explore < epsilon, random_valid_from_uniforms(masks, u_pick), best_fit(None, masks))
 
 
+def epsilon_sum_of_squares(states, masks, u_explore, u_pick, epsilon: float):
+    """With probability epsilon a uniform valid action, else Sum of Squares."""
+    return np.where(u_explore < epsilon, random_valid_from_uniforms(masks, u_pick), sum_of_squares(states, masks))
+
+
 def scripted_policy(name: str, seeds, steps: int, epsilon: float = 0.0):
-    """act(obs, t) of a scripted policy ('random' or 'epsilon_best_fit') for these episodes."""
+    """act(obs, t) of a scripted policy (extract.POLICIES) for these episodes."""
     u = episode_uniforms(seeds, steps)
     if name == "random":
         return lambda obs, t: random_valid_from_uniforms(obs["action_mask"], u[:, t, 1])
     if name == "epsilon_best_fit":
         return lambda obs, t: epsilon_best_fit(obs["action_mask"], u[:, t, 0], u[:, t, 1], epsilon)
-    raise ValueError(f"unknown policy {name!r}; choose 'random' or 'epsilon_best_fit'")
+    if name == "epsilon_sum_of_squares":
+        return lambda obs, t: epsilon_sum_of_squares(obs["state"], obs["action_mask"], u[:, t, 0], u[:, t, 1],
+                                                     epsilon)
+    raise ValueError(f"unknown policy {name!r}; choose 'random', 'epsilon_best_fit' or 'epsilon_sum_of_squares'")
 
 
 def run_episodes(config, seeds, act, record_dir=None, names=None):

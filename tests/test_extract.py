@@ -124,3 +124,21 @@ def test_epsilon_zero_is_best_fit_and_random_is_valid():
     run_episodes(config, seeds, watch(scripted_policy("random", seeds, 30)))
     a, m = np.concatenate(actions), np.concatenate(masks)
     assert np.all(m[np.arange(len(a)), a] == 1) and not np.array_equal(a, best_fit(m))
+
+
+def test_epsilon_zero_sum_of_squares_plays_sum_of_squares():
+    from baselines import sum_of_squares
+    seeds = np.arange(3)
+    seen = []
+
+    def watch(obs, t):
+        a = act(obs, t)
+        seen.append((obs["state"], obs["action_mask"], a))
+        return a
+
+    act = scripted_policy("epsilon_sum_of_squares", seeds, 40, 0.0)
+    totals, _ = run_episodes({"time_horizon": 40}, seeds, watch)
+    for state, mask, a in seen:
+        np.testing.assert_array_equal(a, sum_of_squares(state, mask))
+    explore = scripted_policy("epsilon_sum_of_squares", seeds, 40, 1.0)
+    assert not np.array_equal(run_episodes({"time_horizon": 40}, seeds, explore)[0], totals)
