@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from baselines import POLICIES
+from baselines import POLICIES, evaluate_policy
 from bin_packing_environment import PRESETS, episode_seeds
 from dream_fidelity import fixed_policies
 from model import DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
@@ -97,6 +97,9 @@ def main(argv=None):
     labeller = Labeller(POLICIES[args.teacher])
     behaviour = fixed_policies(controller)[0]                 # round 0 plays Best Fit
     validation = episode_seeds(args.seed, args.validation_episodes, "validation")
+    references = {name: round(float(evaluate_policy(POLICIES[name], config, args.validation_episodes, args.seed,
+                                                    stream="validation").mean()), 3) for name in TEACHERS}
+    print("the same validation episodes played by " + ", ".join(f"{k}: {v:.2f}" for k, v in references.items()))
     best, rounds = None, []
     for r in range(args.rounds):
         start = time.time()
@@ -118,7 +121,7 @@ def main(argv=None):
         behaviour = params
     atomic_write_json(args.out, {"params": best[0].tolist(), "teacher": args.teacher, "vae": args.vae,
                                  "rnn": args.rnn, "seed": args.seed, "best_round": best[1]["round"],
-                                 "rounds": rounds})
+                                 "rounds": rounds, "heuristics_on_validation": references})
     print(f"best round {best[1]['round']}: {best[1]['validation_reward']:.2f}; wrote {args.out}")
     return rounds
 

@@ -34,6 +34,7 @@ def test_imitating_best_fit_plays_best_fit(models, tmp_path):  # noqa: F811
     assert rounds[-1]["validation_reward"] == pytest.approx(best_fit.mean(), abs=1e-3)
     saved = json.loads(out.read_text())
     assert saved["teacher"] == "best_fit"
+    assert saved["heuristics_on_validation"]["best_fit"] == pytest.approx(best_fit.mean(), abs=1e-3)
     assert load_params(str(out), Controller(32, 16, 30)).shape == (Controller(32, 16, 30).num_params,)
 
 
