@@ -31,20 +31,26 @@ import time
 from stages_common import atomic_write_json
 
 # What each scale runs. tiny: CI smoke test (minutes); small: a 2-core machine in about an
-# hour; paper: the original's scale for a big machine.
+# hour; paper: the original's scale for a big machine. Rollouts are (episodes, epsilon, policy).
+# tiny and small train M with one mixture component for the whole z (README: "Does the dream
+# stay a packing?") on rollouts around Best Fit and Sum of Squares ("What holds C at Best Fit").
+SHARED_M = ["--mixture", "shared", "--num_mixtures", "16", "--z_input", "mean"]
 SCALES = {
-    "tiny": dict(rollouts=[(6, 0.3)], horizon=30, vae_epochs=1, frames_per_episode=10, vae_lr=1e-3,
-                 kl_tolerance=4, rnn_steps=20, seq_len=10, popsize=4, num_episode=2, generations=2, dream_horizon=10,
+    "tiny": dict(rollouts=[(4, 0.3, "epsilon_best_fit"), (2, 0.2, "epsilon_sum_of_squares")], horizon=30,
+                 vae_epochs=1, frames_per_episode=10, vae_lr=1e-3, kl_tolerance=4, rnn_steps=20, seq_len=10,
+                 rnn_extra=SHARED_M, popsize=4, num_episode=2, generations=2, dream_horizon=10,
                  weight_decay=0.01, eval_steps=2, eval_episodes=2, eval_horizon=30, workers=1, final_episodes=3,
                  starts_per_episode=5, dream_reward="picture", common_random_numbers=True,
                  fidelity_episodes=2, fidelity_extra=["--ranking_horizons", "10", "--ranking_episodes", "4",
                                                       "--ranking_real_episodes", "2", "--coherence_dreams", "8"]),
-    "small": dict(rollouts=[(300, 0.2), (200, 0.5)], horizon=None, vae_epochs=30, frames_per_episode=50,
-                  vae_lr=5e-4, kl_tolerance=4, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16,
-                  generations=30, dream_horizon=100, weight_decay=400, eval_steps=2, eval_episodes=100,
+    "small": dict(rollouts=[(300, 0.2, "epsilon_best_fit"), (200, 0.5, "epsilon_best_fit"),
+                            (300, 0.2, "epsilon_sum_of_squares")], horizon=None, vae_epochs=30, frames_per_episode=50,
+                  vae_lr=5e-4, kl_tolerance=4, rnn_steps=4000, seq_len=100, rnn_extra=SHARED_M, popsize=64,
+                  num_episode=16, generations=30, dream_horizon=300, weight_decay=400, eval_steps=2, eval_episodes=100,
                   eval_horizon=None, workers=1, final_episodes=1000, fidelity_episodes=20, starts_per_episode=100,
                   dream_reward="picture", common_random_numbers=True),
-    "paper": dict(rollouts=[(6000, 0.2), (4000, 0.5)], horizon=None, vae_epochs=10, frames_per_episode=0,
+    "paper": dict(rollouts=[(6000, 0.2, "epsilon_best_fit"), (4000, 0.5, "epsilon_best_fit")], horizon=None,
+                  vae_epochs=10, frames_per_episode=0,
                   vae_lr=1e-4, kl_tolerance=0.5, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16,
                   generations=1000, dream_horizon=None, weight_decay=0.01, eval_steps=25, eval_episodes=1024,
                   eval_horizon=None, workers=64, final_episodes=1000, fidelity_episodes=100),
@@ -56,9 +62,9 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
     py = sys.executable
     j = lambda *p: os.path.join(w, *p)  # noqa: E731
     horizon = ["--time_horizon", str(s["horizon"])] if s["horizon"] else []
-    rollouts = [[py, "extract.py", "--episodes", str(n), "--policy", "epsilon_best_fit", "--epsilon", str(eps),
+    rollouts = [[py, "extract.py", "--episodes", str(n), "--policy", policy, "--epsilon", str(eps),
                  "--workers", "2", "--seed", str(seed + 1 + k), "--record_dir", j("record"), "--quiet", *horizon]
-                for k, (n, eps) in enumerate(s["rollouts"])]
+                for k, (n, eps, policy) in enumerate(s["rollouts"])]
     best = j("log", f"binpacking.cma.{s['num_episode']}.{s['popsize']}.best.json")
     eval_horizon = ["--eval_horizon", str(s["eval_horizon"])] if s["eval_horizon"] else []
     dream_horizon = ["--time_horizon", str(s["dream_horizon"])] if s["dream_horizon"] else []
@@ -85,7 +91,7 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
              inputs=[j("record"), j("tf_vae", "vae.json")], outputs=[j("series", "series.npz")]),
         dict(name="rnn", commands=[[py, "rnn_train.py", "--series", j("series", "series.npz"), "--out_dir", j("tf_rnn"),
                                     "--steps", str(s["rnn_steps"]), "--seq_len", str(s["seq_len"]),
-                                    "--seed", str(seed)]],
+                                    "--seed", str(seed), *s.get("rnn_extra", [])]],
              inputs=[j("series", "series.npz")], outputs=[j("tf_rnn", "rnn.json"), j("tf_rnn", "initial_z.json")],
              fresh=[j("tf_rnn")]),
         dict(name="copy", commands=[[py, "copy_models.py", "--vae", j("tf_vae", "vae.json"), "--rnn",
