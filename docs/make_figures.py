@@ -119,6 +119,11 @@ def training_curve(log_base):
         axes[1].axhline(value, color="k", linestyle=style, label=f"{name} ({value:.1f})")
     axes[1].set_xlabel("generation")
     axes[1].set_ylabel("real reward per episode")
+    low = best[:, 2].min()
+    if low < -150:   # an early mean that opens a bin for every item would flatten the rest
+        axes[1].set_ylim(-150, 0)
+        axes[1].set_title(f"(off the scale: {int((best[:, 2] < -150).sum())} early point(s), lowest {low:.0f})",
+                          fontsize=9)
     axes[1].legend()
     save(fig, "training_curve.png")
 
