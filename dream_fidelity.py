@@ -46,8 +46,8 @@ from tqdm import tqdm
 
 from baselines import evaluate_policy
 from bin_packing_environment import PRESETS, action_masks, decode_pictures, waste
-from stages_common import (EpisodeReader, atomic_write_json, episode_name, fail, holdout_mask, non_negative_int,
-                           parse_fraction, positive_float, positive_int, require_file, sha256_file)
+from stages_common import (EpisodeReader, atomic_write_json, episode_name, fail, holdout_mask, int_list,
+                           non_negative_int, parse_fraction, positive_float, positive_int, require_file, sha256_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,16 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "picture is read: does the dream stay a packing? (0: off)")
     p.add_argument("--coherence_horizon", type=positive_int, default=100, help="steps of those dreams")
     return p
-
-
-def parse_horizons(text: str, flag: str = "--horizons") -> list[int]:
-    try:
-        values = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
-    if not values or values[0] < 1:
-        raise ValueError(f"{flag} must be positive integers, got {text!r}")
-    return values
 
 
 def dream(vae, rnn, episodes: list, temperature: float, rng: np.random.Generator) -> dict:
@@ -437,8 +427,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        horizons = parse_horizons(args.horizons)
-        ranking_horizons = (parse_horizons(args.ranking_horizons, "--ranking_horizons")
+        horizons = int_list(args.horizons, "--horizons")
+        ranking_horizons = (int_list(args.ranking_horizons, "--ranking_horizons")
                             if args.ranking_horizons.strip() else [])
     except ValueError as e:
         parser.error(str(e))

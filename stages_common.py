@@ -170,6 +170,19 @@ def positive_float(text: str) -> float:
     return value
 
 
+
+def int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
+    """'100,10,100' -> [10, 100]: comma-separated integers >= minimum, sorted, each once."""
+    try:
+        values = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not values or values[0] < minimum:
+        kind = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{flag} must be {kind} integers, got {text!r}")
+    return values
+
+
 # ---------------------------------------------------------------- held-out split
 
 

@@ -24,20 +24,9 @@ import numpy as np
 
 from baselines import best_fit, sum_of_squares
 from bin_packing_environment import PRESETS, BatchBinPacking, episode_seeds, make_config
-from stages_common import atomic_write_json, positive_int
+from stages_common import atomic_write_json, int_list, positive_int
 
 POLICIES = {"best_fit": best_fit, "sum_of_squares": sum_of_squares}
-
-
-def int_list(text: str) -> list[int]:
-    """Comma-separated non-negative integers, e.g. '30,100,300'."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
-    return values
 
 
 def window_rewards(config, seeds, start_steps: int, windows, policies=POLICIES) -> dict:
@@ -78,19 +67,22 @@ def separation(diff: np.ndarray) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--episodes", type=positive_int, default=4000, help="episodes (windows) per start")
-    parser.add_argument("--start_steps", type=int_list, default=[200, 500],
+    parser.add_argument("--start_steps", default="200,500",
                         help="items Best Fit packs before the windows begin (comma-separated)")
-    parser.add_argument("--windows", type=int_list, default=[30, 100, 300, 500],
+    parser.add_argument("--windows", default="30,100,300,500",
                         help="window lengths in items (comma-separated)")
     parser.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
     parser.add_argument("--seed", type=int, default=0, help="episodes come from the validation seed stream")
     parser.add_argument("--out", default="results/window_signal.json")
     args = parser.parse_args(argv)
+    try:
+        args.start_steps = int_list(args.start_steps, "--start_steps", minimum=0)
+        args.windows = int_list(args.windows, "--windows")
+    except ValueError as e:
+        parser.error(str(e))
     config = make_config(PRESETS[args.preset])
     if max(args.start_steps) >= config.time_horizon:
         parser.error(f"--start_steps must be below the preset's horizon ({config.time_horizon})")
-    if min(args.windows) < 1:
-        parser.error("--windows must be >= 1")
     seeds = episode_seeds(args.seed, args.episodes, "validation")
     rows = []
     print("| start (items) | window (items) | Sum of Squares - Best Fit | std | windows for 2 stderr |")
