@@ -28,14 +28,13 @@ def episode_uniforms(seeds, steps: int, draws: int = 2) -> np.ndarray:
                      .random((steps, draws)) for s in seeds])
 
 
+def epsilon_greedy(greedy_actions, masks, u_explore, u_pick, epsilon: float):
+    """With probability epsilon a uniform valid action, else the heuristic's greedy_actions."""
+    return np.where(u_explore < epsilon, random_valid_from_uniforms(masks, u_pick), greedy_actions)
+
+
 def epsilon_best_fit(masks, u_explore, u_pick, epsilon: float):
-    """With probability epsilon a uniform valid action, else best fit."""
-    return np.where(u_explore < epsilon, random_valid_from_uniforms(masks, u_pick), best_fit(None, masks))
-
-
-def epsilon_sum_of_squares(states, masks, u_explore, u_pick, epsilon: float):
-    """With probability epsilon a uniform valid action, else Sum of Squares."""
-    return np.where(u_explore < epsilon, random_valid_from_uniforms(masks, u_pick), sum_of_squares(states, masks))
+    return epsilon_greedy(best_fit(None, masks), masks, u_explore, u_pick, epsilon)
 
 
 def scripted_policy(name: str, seeds, steps: int, epsilon: float = 0.0):
@@ -46,8 +45,8 @@ def scripted_policy(name: str, seeds, steps: int, epsilon: float = 0.0):
     if name == "epsilon_best_fit":
         return lambda obs, t: epsilon_best_fit(obs["action_mask"], u[:, t, 0], u[:, t, 1], epsilon)
     if name == "epsilon_sum_of_squares":
-        return lambda obs, t: epsilon_sum_of_squares(obs["state"], obs["action_mask"], u[:, t, 0], u[:, t, 1],
-                                                     epsilon)
+        return lambda obs, t: epsilon_greedy(sum_of_squares(obs["state"], obs["action_mask"]), obs["action_mask"],
+                                             u[:, t, 0], u[:, t, 1], epsilon)
     raise ValueError(f"unknown policy {name!r}; choose 'random', 'epsilon_best_fit' or 'epsilon_sum_of_squares'")
 
 
