@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from bin_packing_environment import PRESETS, BatchBinPacking, episode_seeds, make_config
+from bin_packing_environment import PRESETS, BatchBinPacking, episode_seeds, make_config, preset_config
 
 
 def best_fit(states, masks, rng=None):
@@ -104,9 +104,7 @@ def main(policy_name, argv=None):
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
-    config = dict(PRESETS[args.preset])
-    if args.time_horizon is not None:
-        config["time_horizon"] = args.time_horizon
+    config = preset_config(args.preset, args.time_horizon)
     try:
         make_config(config)
     except ValueError as e:

@@ -110,6 +110,15 @@ class BinPackingConfig:
         return self.bin_size + 1
 
 
+def preset_config(preset: str, time_horizon: int | None = None) -> dict:
+    """A preset's fields, its episode length replaced by time_horizon when one is given (the
+    --preset/--time_horizon flags of the scripts); make_config checks the result."""
+    config = dict(PRESETS[preset])
+    if time_horizon is not None:
+        config["time_horizon"] = time_horizon
+    return config
+
+
 def make_config(config=None) -> BinPackingConfig:
     """Accept a preset name, a dict of fields (missing ones from perfect_pack) or a config."""
     if config is None:

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from baselines import random_valid_from_uniforms
-from bin_packing_environment import PRESETS, episode_seeds
+from bin_packing_environment import PRESETS, episode_seeds, preset_config
 from model import DEFAULT_RNN, DEFAULT_VAE, Controller, load_params, load_rnn, load_vae, rollout_real
 from stages_common import atomic_write_npz, fail, positive_int, require_file, sha256_file
 
@@ -97,7 +97,7 @@ def from_controller(args, rnn, rng) -> tuple[dict, int, str]:
     vae = load_vae(args.vae)
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     params = load_params(args.controller, controller)
-    config = dict(PRESETS[args.preset], time_horizon=args.time_horizon or PRESETS[args.preset]["time_horizon"])
+    config = preset_config(args.preset, args.time_horizon)
     seeds = episode_seeds(args.seed, args.episodes, "starts")
     eps = np.asarray(args.epsilon, float)[np.arange(args.episodes) * len(args.epsilon) // args.episodes]
     rows, real_steps = {}, 0

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from bin_packing_environment import PRESETS, episode_seeds, make_config
+from bin_packing_environment import PRESETS, episode_seeds, make_config, preset_config
 from components.rollouts import disk_bytes, run_episodes, scripted_policy
 
 POLICIES = ("random", "epsilon_best_fit", "epsilon_sum_of_squares")
@@ -60,9 +60,7 @@ def parse_args(argv=None):
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.preset not in PRESETS:
         parser.error(f"unknown --preset {args.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
-    config = dict(PRESETS[args.preset])
-    if args.time_horizon is not None:
-        config["time_horizon"] = args.time_horizon
+    config = preset_config(args.preset, args.time_horizon)
     try:
         args.config = make_config(config)
     except ValueError as e:

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from baselines import POLICIES, evaluate_policy
-from bin_packing_environment import PRESETS, episode_seeds
+from bin_packing_environment import PRESETS, episode_seeds, preset_config
 from dream_fidelity import fixed_policies
 from model import DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
 from stages_common import atomic_write_json, positive_float, positive_int, require_file
@@ -93,7 +93,7 @@ def main(argv=None):
     tf.random.set_seed(args.seed)
     vae, rnn = load_vae(args.vae), load_rnn(args.rnn)
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
-    config = dict(PRESETS[args.preset], time_horizon=args.time_horizon or PRESETS[args.preset]["time_horizon"])
+    config = preset_config(args.preset, args.time_horizon)
     labeller = Labeller(POLICIES[args.teacher])
     behaviour = fixed_policies(controller)[0]                 # round 0 plays Best Fit
     validation = episode_seeds(args.seed, args.validation_episodes, "validation")

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from bin_packing_environment import PRESETS, BatchBinPacking, episode_seeds
+from bin_packing_environment import PRESETS, BatchBinPacking, episode_seeds, preset_config
 
 DEFAULT_VAE = "vae/vae.json"
 DEFAULT_RNN = "rnn/rnn.json"
@@ -161,11 +161,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.batch < 1:
         parser.error("--episodes and --batch must be >= 1")
-    config = dict(PRESETS[args.preset])
-    if args.time_horizon is not None:
-        if args.time_horizon < 1:
-            parser.error("--time_horizon must be >= 1")
-        config["time_horizon"] = args.time_horizon
+    if args.time_horizon is not None and args.time_horizon < 1:
+        parser.error("--time_horizon must be >= 1")
+    config = preset_config(args.preset, args.time_horizon)
     try:
         rnn = load_rnn(args.rnn)
         controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
