@@ -89,8 +89,6 @@ def main(argv=None):
         parser.error(f"--l2 must be >= 0, got {args.l2}")
     require_file(parser, args.vae, "--vae")
     require_file(parser, args.rnn, "--rnn")
-    import tensorflow as tf
-    tf.random.set_seed(args.seed)
     vae, rnn = load_vae(args.vae), load_rnn(args.rnn)
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     config = preset_config(args.preset, args.time_horizon)
