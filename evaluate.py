@@ -5,12 +5,12 @@ the script prints a table of mean total reward with its standard error, writes t
 results/evaluation.json and a bar chart to results/evaluation.png.
 """
 import argparse
-import json
 import os
 import time
 
 import baselines
 from bin_packing_environment import PRESETS
+from stages_common import atomic_write_json
 
 
 def bar_chart(rows, path):
@@ -73,8 +73,7 @@ def main():
     for r in rows:
         print(f"| {r['policy']} | {r['mean_reward']:.2f} | {r['stderr']:.2f} | {r['episodes']} |")
     os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "evaluation.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    atomic_write_json(os.path.join(args.out_dir, "evaluation.json"), rows, indent=1)
     bar_chart(rows, os.path.join(args.out_dir, "evaluation.png"))
     print(f"wrote {args.out_dir}/evaluation.json and {args.out_dir}/evaluation.png")
 
