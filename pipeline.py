@@ -5,8 +5,9 @@
 
 Every stage is the ordinary stage script run as a subprocess, writing under --work_dir:
 rollouts (extract.py) -> V (vae_train.py) -> series.py -> M (rnn_train.py) -> copy_models.py
--> dream fidelity -> [dream starts (dream_starts.py)] -> C in the dream (train.py) -> evaluation
-on the real env (model.py). tiny and small begin their dreams at recorded real states (M run
+-> dream fidelity -> [dream starts (dream_starts.py)] -> C in the dream (train.py; at tiny and
+small from several seeds side by side, of which pick_controller.py keeps the best on validation)
+-> evaluation on the real env (model.py). tiny and small begin their dreams at recorded real states (M run
 along the recorded episodes; no new real steps) and score a dream by the waste of its decoded
 first and last pictures, with common random numbers (README: "Dreams begun at real states");
 paper keeps the original's dreams from empty packings scored by M's reward head.
@@ -41,13 +42,14 @@ SCALES = {
                  rnn_extra=SHARED_M, popsize=4, num_episode=2, generations=2, dream_horizon=10,
                  weight_decay=0.01, eval_steps=2, eval_episodes=2, eval_horizon=30, workers=1, final_episodes=3,
                  starts_per_episode=5, dream_reward="picture", common_random_numbers=True,
-                 fidelity_episodes=2, fidelity_extra=["--ranking_horizons", "10", "--ranking_episodes", "4",
+                 c_seeds=2, fidelity_episodes=2, fidelity_extra=["--ranking_horizons", "10", "--ranking_episodes", "4",
                                                       "--ranking_real_episodes", "2", "--coherence_dreams", "8"]),
     "small": dict(rollouts=[(300, 0.2, "epsilon_best_fit"), (200, 0.5, "epsilon_best_fit"),
                             (300, 0.2, "epsilon_sum_of_squares")], horizon=None, vae_epochs=30, frames_per_episode=50,
                   vae_lr=5e-4, kl_tolerance=4, rnn_steps=4000, seq_len=100, rnn_extra=SHARED_M, popsize=64,
                   num_episode=16, generations=30, dream_horizon=300, weight_decay=400, eval_steps=2, eval_episodes=100,
-                  eval_horizon=None, workers=1, final_episodes=1000, fidelity_episodes=20, starts_per_episode=100,
+                  eval_horizon=None, workers=1, c_seeds=3, final_episodes=1000, fidelity_episodes=20,
+                  starts_per_episode=100,
                   dream_reward="picture", common_random_numbers=True),
     "paper": dict(rollouts=[(6000, 0.2, "epsilon_best_fit"), (4000, 0.5, "epsilon_best_fit")], horizon=None,
                   vae_epochs=10, frames_per_episode=0,
@@ -69,6 +71,10 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
     eval_horizon = ["--eval_horizon", str(s["eval_horizon"])] if s["eval_horizon"] else []
     dream_horizon = ["--time_horizon", str(s["dream_horizon"])] if s["dream_horizon"] else []
     starts = j("starts", "dream_starts.npz")
+    # C is trained from c_seeds seeds (side by side, a process each) and pick_controller.py keeps
+    # the one with the best validation score; one seed writes straight to log/
+    c_seeds = s.get("c_seeds", 1)
+    c_runs = [(seed + k, j("log", f"seed{seed + k}") if c_seeds > 1 else j("log")) for k in range(c_seeds)]
     starts_stage = [dict(name="dream_starts", commands=[[py, "dream_starts.py", "--series", j("series", "series.npz"),
                                                           "--rnn", j("rnn", "rnn.json"), "--per_episode",
                                                           str(s["starts_per_episode"]), "--out", starts,
@@ -107,15 +113,18 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
              inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")],
              outputs=[j("dream_fidelity.json")]),
         *starts_stage,
-        dict(name="controller", commands=[[py, "train.py", "--vae", j("vae", "vae.json"), "--rnn", j("rnn", "rnn.json"),
-                                           "--initial_z", j("initial_z", "initial_z.json"), "--log_dir", j("log"),
+        dict(name="controller", parallel=[[py, "train.py", "--vae", j("vae", "vae.json"), "--rnn", j("rnn", "rnn.json"),
+                                           "--initial_z", j("initial_z", "initial_z.json"), "--log_dir", log_dir,
                                            "--popsize", str(s["popsize"]), "--num_episode", str(s["num_episode"]),
                                            "--generations", str(s["generations"]), *dream_horizon,
                                            "--weight_decay", str(s["weight_decay"]),
                                            "--eval_steps", str(s["eval_steps"]),
                                            "--eval_episodes", str(s["eval_episodes"]), "--num_worker",
-                                           str(s["workers"]), "--seed", str(seed), *eval_horizon, *starts_flag,
-                                           *dream_flags]],
+                                           str(s["workers"]), "--seed", str(c_seed), *eval_horizon, *starts_flag,
+                                           *dream_flags] for c_seed, log_dir in c_runs],
+             parallel_logs=[os.path.join(d, "train.out") for _, d in c_runs],
+             commands=[[py, "pick_controller.py", *[os.path.join(d, os.path.basename(best)) for _, d in c_runs],
+                        "--out", best]] if len(c_runs) > 1 else [],
              inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json"),
                      *starts_flag[1:]], outputs=[best],
              fresh=[j("log")]),
@@ -140,8 +149,48 @@ def fingerprint(paths) -> str:
     return h.hexdigest()
 
 
+def run_side_by_side(name: str, commands: list[list[str]], logs: list[str]):
+    """Run commands as concurrent processes (at most one per core), each writing to its own log;
+    the first failure, after all have ended, stops the stage with the tail of its log."""
+    if len(commands) == 1:  # one run: its progress goes to the console like any stage's
+        return run_commands(name, commands, capture=False)
+    pending, running, failed = list(zip(commands, logs)), [], []
+    while pending or running:
+        while pending and len(running) < (os.cpu_count() or 1):
+            cmd, log = pending.pop(0)
+            print(f"[{name}] {' '.join(cmd[1:])} > {log}", flush=True)
+            os.makedirs(os.path.dirname(log), exist_ok=True)
+            with open(log, "w") as out:
+                running.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT), cmd, log))
+        time.sleep(1)
+        for entry in [r for r in running if r[0].poll() is not None]:
+            running.remove(entry)
+            if entry[0].returncode != 0:
+                failed.append(entry)
+    if failed:
+        proc, cmd, log = failed[0]
+        with open(log, errors="replace") as f:
+            tail = f.read()[-2000:]
+        raise RuntimeError(f"stage {name} failed (exit {proc.returncode}): {' '.join(cmd[1:])}\n"
+                           f"last lines of {log}:\n{tail}")
+
+
+def run_commands(name: str, commands: list[list[str]], capture: bool) -> list:
+    """Run commands one after the other; with capture, collect each one's last stdout line as JSON."""
+    results = []
+    for cmd in commands:
+        print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"stage {name} failed (exit {proc.returncode}): {' '.join(cmd[1:])}")
+        if capture:
+            print(proc.stdout, end="")
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
+
+
 def run_stage(stage: dict, stamp_path: str, force: bool) -> tuple[str, float]:
-    key = json.dumps([stage["commands"], fingerprint(stage["inputs"])])
+    key = json.dumps([stage.get("parallel", []), stage["commands"], fingerprint(stage["inputs"])])
     if os.path.exists(stamp_path):
         with open(stamp_path) as f:
             same = json.load(f).get("key") == key
@@ -156,15 +205,9 @@ def run_stage(stage: dict, stamp_path: str, force: bool) -> tuple[str, float]:
                 os.remove(path)
         os.remove(stamp_path)
     start = time.time()
-    results = []
-    for cmd in stage["commands"]:
-        print(f"[{stage['name']}] {' '.join(cmd[1:])}", flush=True)
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE if stage.get("capture") else None, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"stage {stage['name']} failed (exit {proc.returncode}): {' '.join(cmd[1:])}")
-        if stage.get("capture"):
-            print(proc.stdout, end="")
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if stage.get("parallel"):
+        run_side_by_side(stage["name"], stage["parallel"], stage["parallel_logs"])
+    results = run_commands(stage["name"], stage["commands"], bool(stage.get("capture")))
     if stage.get("capture"):
         atomic_write_json(stage["capture"], results, indent=1)
     atomic_write_json(stamp_path, {"key": key})

@@ -25,6 +25,10 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
     for path in ("vae/vae.json", "rnn/rnn.json", "initial_z/initial_z.json", "series/series.npz",
                  "log/binpacking.cma.2.4.best.json", "dream_fidelity.json", "starts/dream_starts.npz"):
         assert (tmp_path / path).exists(), path
+    # C was trained from two seeds side by side and the one with the better validation score kept
+    runs = [json.load(open(tmp_path / "log" / f"seed{k}" / "binpacking.cma.2.4.best.json")) for k in (0, 1)]
+    assert json.load(open(tmp_path / "log" / "binpacking.cma.2.4.best.json")) == max(runs, key=lambda r: r[1])
+    assert (tmp_path / "log" / "seed1" / "train.out").stat().st_size > 0
 
     # nothing changed: every stage is skipped
     proc = pipeline(tmp_path)
@@ -45,3 +49,42 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
     proc = pipeline(tmp_path)
     assert proc.returncode == 1
     assert "stage series failed" in proc.stderr
+
+
+def test_side_by_side_runs_report_the_failing_one_with_its_log(tmp_path):
+    from pipeline import run_side_by_side
+    ok = [sys.executable, "-c", "print('fine')"]
+    bad = [sys.executable, "-c", "import sys; print('the dream went wrong'); sys.exit(3)"]
+    logs = [str(tmp_path / "a" / "train.out"), str(tmp_path / "b" / "train.out")]
+    try:
+        run_side_by_side("controller", [ok, bad], logs)
+    except RuntimeError as e:
+        assert "exit 3" in str(e) and "the dream went wrong" in str(e) and logs[1] in str(e)
+    else:
+        raise AssertionError("a failing run must stop the stage")
+    assert open(logs[0]).read() == "fine\n"
+
+
+def test_pick_controller_keeps_the_best_validation_score_and_refuses_bad_runs(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "pick_controller.py", *map(str, args)], cwd=ROOT,
+                              capture_output=True, text=True)
+    paths = []
+    for k, reward in enumerate([-30.5, -24.25, -41.0]):
+        paths.append(tmp_path / f"s{k}.best.json")
+        paths[-1].write_text(json.dumps([[0.1 * k, 0.2], reward]))
+    out = tmp_path / "log" / "best.json"
+    out.parent.mkdir()
+    proc = run(*paths, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text()) == [[0.1, 0.2], -24.25]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["chosen"] == str(paths[1])
+
+    (tmp_path / "short.json").write_text(json.dumps([[0.1], -20.0]))
+    proc = run(paths[0], tmp_path / "short.json", "--out", out)
+    assert proc.returncode != 0 and "different parameter counts" in proc.stderr
+    proc = run(paths[0], tmp_path / "missing.json", "--out", out)
+    assert proc.returncode != 0 and "missing.json not found" in proc.stderr
+    (tmp_path / "broken.json").write_text("{ not json")
+    proc = run(paths[0], tmp_path / "broken.json", "--out", out)
+    assert proc.returncode != 0 and "broken.json is not a train.py .best.json" in proc.stderr
