@@ -367,7 +367,8 @@ def _check_actions(actions, n: int, num_actions: int) -> np.ndarray:
         raise ValueError(f"actions must be integers, got dtype {arr.dtype}")
     arr = arr.astype(np.int64)
     if np.any(arr < 0) or np.any(arr >= num_actions):
-        raise ValueError(f"actions must be in 0..{num_actions - 1}, got {arr[(arr < 0) | (arr >= num_actions)][:8].tolist()}")
+        bad = arr[(arr < 0) | (arr >= num_actions)][:8].tolist()
+        raise ValueError(f"actions must be in 0..{num_actions - 1}, got {bad}")
     return arr
 
 

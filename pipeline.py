@@ -130,7 +130,7 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
              fresh=[j("log")]),
         dict(name="evaluation", commands=[[py, "model.py", "norender", best, "--vae", j("vae", "vae.json"),
                                            "--rnn", j("rnn", "rnn.json"), "--episodes", str(s["final_episodes"]),
-                                           "--seed", str(seed), *(["--time_horizon", str(s["horizon"])] if s["horizon"] else [])],
+                                           "--seed", str(seed), *horizon],
                                           [py, "baseline_best_fit.py", "--episodes", str(s["final_episodes"]),
                                            "--seed", str(seed), *horizon]],
              inputs=[best], outputs=[j("evaluation.json")], capture=j("evaluation.json")),

@@ -139,8 +139,8 @@ class MDNRNN:
                              f"got {mixture!r}, {z_input!r}")
         self.hp = {"z_size": int(z_size), "action_size": int(action_size),
                    "hidden_size": int(hidden_size), "num_mixtures": int(num_mixtures), "mixture": mixture,
-                   "z_input": z_input,
-                   "mask_hidden": int(mask_hidden), "learning_rate": float(learning_rate), "grad_clip": float(grad_clip),
+                   "z_input": z_input, "mask_hidden": int(mask_hidden),
+                   "learning_rate": float(learning_rate), "grad_clip": float(grad_clip),
                    "reward_scale": float(reward_scale), "z_weight": float(z_weight),
                    "reward_weight": float(reward_weight), "done_weight": float(done_weight),
                    "mask_weight": float(mask_weight)}
@@ -160,8 +160,8 @@ class MDNRNN:
         mask_hidden = keras.layers.Dense(self.hp["mask_hidden"], activation="relu", name="mask_hidden",
                                          kernel_initializer=keras.initializers.GlorotUniform(next(seeds)))(
             keras.layers.Concatenate()([hidden, next_z]))
-        outputs.append(keras.layers.Dense(self.hp["action_size"], name="mask",
-                                          kernel_initializer=keras.initializers.GlorotUniform(next(seeds)))(mask_hidden))
+        mask_init = keras.initializers.GlorotUniform(next(seeds))
+        outputs.append(keras.layers.Dense(self.hp["action_size"], name="mask", kernel_initializer=mask_init)(mask_hidden))
         self.model = keras.Model([inputs, next_z], outputs, name="mdnrnn")
         # Stored in weight_shapes' order, whatever order Keras lists its layers in.
         by_path = {v.path.replace("lstm_cell/", "").split("mdnrnn/")[-1]: v for v in self.model.trainable_variables}
