@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from stages_common import atomic_write_json
 
@@ -56,7 +55,6 @@ def main(argv=None):
     atomic_write_json(args.out, list(runs[chosen]))
     print(json.dumps({"chosen": args.runs[chosen], "validation_reward": runs[chosen][1],
                       "validation_rewards": [reward for _, reward in runs]}))
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ from stages_common import atomic_write_json
 # hour; paper: the original's scale for a big machine. Rollouts are (episodes, epsilon, policy).
 # tiny and small train M with one mixture component for the whole z (README: "Does the dream
 # stay a packing?") on rollouts around Best Fit and Sum of Squares ("What holds C at Best Fit").
-# small's V trains on the first 500 rollout files, the Best Fit ones, as the shipped V did: on all
-# 800 the same flags gave a weaker V and an agent 10 points below Best Fit (README, "The whole pipeline").
+# small's V trains on the first 500 rollout files, the Best Fit ones, as the shipped V did: on
+# all 800 the same flags gave a weaker V and an agent 10 points below Best Fit (README, "The
+# whole pipeline").
 SHARED_M = ["--mixture", "shared", "--num_mixtures", "16", "--z_input", "mean"]
 SCALES = {
     "tiny": dict(rollouts=[(4, 0.3, "epsilon_best_fit"), (2, 0.2, "epsilon_sum_of_squares")], horizon=30,
@@ -48,11 +49,11 @@ SCALES = {
                                                       "--ranking_real_episodes", "2", "--coherence_dreams", "8"]),
     "small": dict(rollouts=[(300, 0.2, "epsilon_best_fit"), (200, 0.5, "epsilon_best_fit"),
                             (300, 0.2, "epsilon_sum_of_squares")], horizon=None, vae_epochs=30, frames_per_episode=50,
-                  vae_max_episodes=500, vae_lr=5e-4, kl_tolerance=4, rnn_steps=4000, seq_len=100, rnn_extra=SHARED_M, popsize=64,
-                  num_episode=16, generations=30, dream_horizon=300, weight_decay=400, eval_steps=2, eval_episodes=100,
-                  eval_horizon=None, workers=1, c_seeds=3, final_episodes=1000, fidelity_episodes=20,
-                  starts_per_episode=100,
-                  dream_reward="picture", common_random_numbers=True),
+                  vae_max_episodes=500, vae_lr=5e-4, kl_tolerance=4, rnn_steps=4000, seq_len=100,
+                  rnn_extra=SHARED_M, popsize=64, num_episode=16, generations=30, dream_horizon=300,
+                  weight_decay=400, eval_steps=2, eval_episodes=100, eval_horizon=None, workers=1, c_seeds=3,
+                  final_episodes=1000, fidelity_episodes=20, starts_per_episode=100, dream_reward="picture",
+                  common_random_numbers=True),
     "paper": dict(rollouts=[(6000, 0.2, "epsilon_best_fit"), (4000, 0.5, "epsilon_best_fit")], horizon=None,
                   vae_epochs=10, frames_per_episode=0,
                   vae_lr=1e-4, kl_tolerance=0.5, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16,
