@@ -42,7 +42,7 @@ CHECKPOINT = os.path.join("checkpoint", "vae_checkpoint.npz")
 TARGETS = {"mask_exact": 0.99, "item_exact": 0.999}
 # Flags a checkpoint must share with the run that resumes it (they change the data or the model).
 RESUME_FLAGS = ("z_size", "seed", "batch_size", "learning_rate", "kl_tolerance", "frames_per_episode",
-                "shuffle_files", "holdout", "max_episodes")
+                "shuffle_files", "holdout", "max_episodes", "recon_loss")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kl_tolerance", type=float, default=0.5,
                    help="free nats per z dim; World Models: 0.5 (16 nats in all), too few for V to draw "
                         "a lone bin: the small scale uses 4 (README, 'More free bits for V')")
+    p.add_argument("--recon_loss", choices=("l2", "bce"), default="l2",
+                   help="reconstruction term: summed squared error (World Models) or binary cross-entropy, "
+                        "which will not let V drop a lone bin (README, 'A sharper loss for V')")
     p.add_argument("--z_size", type=positive_int, default=32, help="World Models: 32")
     p.add_argument("--max_episodes", type=positive_int, default=10000,
                    help="use at most this many episode files (the first by name); World Models: 10000")
@@ -193,7 +196,7 @@ def main(argv=None):
     from vae.vae import ConvVAE
     tf.random.set_seed(args.seed)
     vae = ConvVAE(z_size=args.z_size, kl_tolerance=args.kl_tolerance, learning_rate=args.learning_rate,
-                  seed=args.seed)
+                  seed=args.seed, recon_loss=args.recon_loss)
 
     meta = {k: getattr(args, k) for k in RESUME_FLAGS}
     ck_path = os.path.join(args.out_dir, CHECKPOINT)

@@ -112,3 +112,28 @@ def test_bad_files_raise_clear_errors(saved, tmp_path):
         document["weights"][1]["data"] = document["weights"][1]["data"][:8]
     with pytest.raises(ValueError, match="'enc_conv1/bias': data has 6 bytes, expected 64"):
         ConvVAE.from_json(_rewrite(saved, tmp_path / "short.json", short_data))
+
+
+def test_bce_reconstruction_loss_trains_and_round_trips(tmp_path):
+    colours = np.random.default_rng(3).random((8, 1, 1, 3), dtype=np.float32)
+    batch = np.broadcast_to(colours, (8, 64, 64, 3)).copy()
+    model = ConvVAE(learning_rate=1e-3, seed=2, recon_loss="bce")
+    losses = [model.train_step(batch) for _ in range(30)]
+    # The summed cross-entropy of these targets cannot fall below their entropy.
+    floor = float(-(batch * np.log(batch) + (1 - batch) * np.log(1 - batch)).sum(axis=(1, 2, 3)).mean())
+    assert all(l["r_loss"] >= floor - 1e-2 * floor for l in losses)
+    assert np.mean([l["r_loss"] for l in losses[-3:]]) - floor < 0.8 * (losses[0]["r_loss"] - floor)
+
+    path = tmp_path / "bce.json"
+    model.save_json(path)
+    assert json.loads(path.read_text())["recon_loss"] == "bce"
+    assert ConvVAE.from_json(path).recon_loss == "bce"
+    l2_path = tmp_path / "l2.json"
+    ConvVAE(seed=0).save_json(l2_path)
+    assert "recon_loss" not in json.loads(l2_path.read_text())      # l2 files stay as before
+    assert ConvVAE.from_json(l2_path).recon_loss == "l2"
+
+    with pytest.raises(ValueError, match="recon_loss must be one of"):
+        ConvVAE(recon_loss="l1")
+    with pytest.raises(ValueError, match="recon_loss must be one of"):
+        ConvVAE.from_json(_rewrite(path, tmp_path / "l1.json", lambda d: d.update(recon_loss="l1")))

@@ -3,7 +3,10 @@
 V compresses each 64x64x3 observation into a small latent vector z (32 numbers) so
 that the memory model M and the controller work on z instead of pixels.  The
 architecture, the loss (summed squared reconstruction error plus a KL term with
-"free bits" tolerance) and the defaults follow the original World Models code.
+"free bits" tolerance) and the defaults follow the original World Models code. The
+reconstruction term may instead be the summed binary cross-entropy (``recon_loss="bce"``):
+it charges far more for a pixel drawn dark where the picture is lit, which is how a squared
+error V drops the lone bins the action mask depends on (README, "A sharper loss for V").
 
 Saved file format (JSON, written atomically through ``path + ".tmp"``)::
 
@@ -13,6 +16,7 @@ Saved file format (JSON, written atomically through ``path + ".tmp"``)::
       "picture_shape": [64, 64, 3],
       "kl_tolerance": 0.5,
       "learning_rate": 0.0001,
+      "recon_loss": "bce",         (only for a bce V; absent means "l2")
       "weights": [
         {"name": "enc_conv1/kernel", "shape": [4, 4, 3, 32], "data": "<base64>"},
         ...
@@ -38,6 +42,8 @@ FORMAT = "convvae-v1"
 PICTURE_SHAPE = (64, 64, 3)
 _SAVED_DTYPE = np.dtype("<f2")
 _BATCH = 256  # frames per forward pass in encode/decode; bounds memory use
+RECON_LOSSES = ("l2", "bce")
+_BCE_EPS = 1e-7  # keeps log() finite where the sigmoid output saturates
 
 
 def _as_float_frames(frames):
@@ -53,7 +59,10 @@ def _as_float_frames(frames):
 class ConvVAE:
     """World Models ConvVAE: 64x64x3 pictures <-> z_size latent Gaussians."""
 
-    def __init__(self, z_size=32, kl_tolerance=0.5, learning_rate=1e-4, seed=0):
+    def __init__(self, z_size=32, kl_tolerance=0.5, learning_rate=1e-4, seed=0, recon_loss="l2"):
+        if recon_loss not in RECON_LOSSES:
+            raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, got {recon_loss!r}")
+        self.recon_loss = recon_loss
         self.z_size = int(z_size)
         self.kl_tolerance = float(kl_tolerance)
         self.learning_rate = float(learning_rate)
@@ -137,7 +146,12 @@ class ConvVAE:
         mu, logvar = self.encoder(x, training=True)
         z = mu + tf.exp(logvar / 2) * self._noise.normal(tf.shape(mu))
         y = self.decoder(z, training=True)
-        r_loss = tf.reduce_mean(tf.reduce_sum(tf.square(x - y), axis=[1, 2, 3]))
+        if self.recon_loss == "bce":
+            y = tf.clip_by_value(y, _BCE_EPS, 1.0 - _BCE_EPS)
+            per_number = -(x * tf.math.log(y) + (1.0 - x) * tf.math.log(1.0 - y))
+        else:
+            per_number = tf.square(x - y)
+        r_loss = tf.reduce_mean(tf.reduce_sum(per_number, axis=[1, 2, 3]))
         kl = -0.5 * tf.reduce_sum(1 + logvar - tf.square(mu) - tf.exp(logvar), axis=1)
         # Free bits: KL below kl_tolerance * z_size costs nothing, so V keeps detail in z.
         kl_loss = tf.reduce_mean(tf.maximum(kl, self.kl_tolerance * self.z_size))
@@ -186,7 +200,9 @@ class ConvVAE:
     def save_json(self, path):
         """Write the model to `path` in the format of the module docstring."""
         weights_json.write(path, FORMAT, {"z_size": self.z_size, "picture_shape": list(PICTURE_SHAPE),
-                                          "kl_tolerance": self.kl_tolerance, "learning_rate": self.learning_rate},
+                                          "kl_tolerance": self.kl_tolerance, "learning_rate": self.learning_rate,
+                                          # only when not the default, so an l2 V's file is as before
+                                          **({"recon_loss": self.recon_loss} if self.recon_loss != "l2" else {})},
                            {v.path: v.numpy() for v in self._variables}, _SAVED_DTYPE)
 
     @classmethod
@@ -198,7 +214,8 @@ class ConvVAE:
             raise ValueError(f"{path}: picture_shape is {picture_shape}, expected {list(PICTURE_SHAPE)}")
         model = cls(z_size=weights_json.require(document, "z_size", path),
                     kl_tolerance=weights_json.require(document, "kl_tolerance", path),
-                    learning_rate=weights_json.require(document, "learning_rate", path))
+                    learning_rate=weights_json.require(document, "learning_rate", path),
+                    recon_loss=document.get("recon_loss", "l2"))
         shapes = {v.path: tuple(v.shape) for v in model._variables}
         weights = weights_json.read_weights(document, path, shapes, _SAVED_DTYPE)
         for v, values in zip(model._variables, weights.values()):
