@@ -141,6 +141,16 @@ def test_vae_train_refuses_a_checkpoint_made_with_other_flags(record, trained_va
     line = run_fails(vae_train.main, ["--record_dir", record, "--out_dir", trained_vae["out"], "--epochs", 2,
                                       "--frames_per_episode", 5, "--batch_size", 8], capsys)
     assert "--frames_per_episode 4 (now 5)" in line and "--restart" in line
+    line = run_fails(vae_train.main, ["--record_dir", record, "--out_dir", trained_vae["out"], "--epochs", 2,
+                                      "--recon_loss", "bce"] + VAE_FLAGS, capsys)
+    assert "--recon_loss l2 (now bce)" in line
+
+
+def test_vae_train_with_the_cross_entropy_loss_writes_a_bce_vae(record, tmp_path):
+    report, _ = run(vae_train.main, ["--record_dir", record, "--out_dir", tmp_path, "--epochs", 1,
+                                     "--recon_loss", "bce"] + VAE_FLAGS)
+    assert report["flags"]["recon_loss"] == "bce"
+    assert json.loads((tmp_path / "vae.json").read_text())["recon_loss"] == "bce"
 
 
 @pytest.fixture(scope="module")
@@ -413,7 +423,8 @@ def test_dream_fidelity_ranks_in_dreams_begun_at_real_states(installed, record, 
     assert started["policy_ranking"]["dream_starts"] == str(tmp_path / "starts.npz") and "real states" in text
     assert started["policy_ranking"]["horizons"] != plain["policy_ranking"]["horizons"]
     assert started["policy_ranking"]["real"] == plain["policy_ranking"]["real"]
-    pictured, _ = run(dream_fidelity.main, argv + ["--dream_starts", tmp_path / "starts.npz", "--dream_reward", "picture"])
+    pictured, _ = run(dream_fidelity.main,
+                      argv + ["--dream_starts", tmp_path / "starts.npz", "--dream_reward", "picture"])
     assert pictured["policy_ranking"]["dream_reward"] == "picture"
     assert pictured["policy_ranking"]["horizons"] != started["policy_ranking"]["horizons"]
     from rnn.rnn import MDNRNN
