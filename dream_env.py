@@ -73,9 +73,17 @@ class BatchDream:
     """n dreams stepped together in numpy, begun from initial_z's first frames or from real states."""
 
     def __init__(self, rnn, initial_z: dict, temperature: float = 1.0, time_horizon: int = 1000,
-                 starts: dict | None = None):
+                 starts: dict | None = None, empty_start_fraction: float = 0.0):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        if not 0.0 <= empty_start_fraction <= 1.0:
+            raise ValueError(f"empty_start_fraction must be in [0, 1], got {empty_start_fraction}")
+        if empty_start_fraction and starts is None:
+            raise ValueError("empty_start_fraction mixes empty packings into dreams begun at recorded states: "
+                             "it needs starts")
+        # Recorded states are drawn uniformly over whole episodes, so early packings are rare among
+        # them; a share of dreams from the empty packing lets C see the start of an episode too.
+        self.empty_start_fraction = float(empty_start_fraction)
         if initial_z["mu"].shape[1] != rnn.z_size:
             raise ValueError(f"initial z has size {initial_z['mu'].shape[1]}, M expects {rnn.z_size}")
         self.rnn, self.initial_z, self.starts = rnn, initial_z, starts
@@ -87,10 +95,21 @@ class BatchDream:
         self.done = np.zeros(n, bool)
         if self.starts is not None:
             pick = rng.integers(len(self.starts["z"]), size=n)
-            self.z, self.h, self.c = (self.starts[k][pick] for k in "zhc")
-            self.mask = self.starts["action_mask"][pick].copy()
+            z, h, c = (self.starts[k][pick] for k in "zhc")
+            mask = self.starts["action_mask"][pick].copy()
+            if self.empty_start_fraction:
+                empty = rng.random(n) < self.empty_start_fraction
+                self._reset_empty(n, rng)
+                z, h, c, mask = (np.where(empty[:, None], new, old)
+                                 for new, old in ((self.z, z), (self.h, h), (self.c, c), (self.mask, mask)))
+            self.z, self.h, self.c, self.mask = z, h, c, mask
             self.mask[:, 0] = 1
             return self.observation()
+        self._reset_empty(n, rng)
+        return self.observation()
+
+    def _reset_empty(self, n: int, rng):
+        """z, h, c and mask of n dreams begun at first frames of initial_z (an empty packing)."""
         pick = rng.integers(len(self.initial_z["mu"]), size=n)
         self.z = self.rnn.first_z(self.initial_z["mu"][pick], self.initial_z["logvar"][pick], rng)
         self.h, self.c = self.rnn.initial_state(n)
@@ -99,7 +118,6 @@ class BatchDream:
         else:                                   # an empty packing: only a new bin is possible
             self.mask = np.zeros((n, self.rnn.action_size), np.uint8)
         self.mask[:, 0] = 1
-        return self.observation()
 
     def observation(self) -> dict:
         return {"z": self.z, "h": self.h, "action_mask": self.mask}

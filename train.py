@@ -36,7 +36,7 @@ from stages_common import atomic_write_json, atomic_write_pickle, changed_flags,
 # Flags that define what CMA-ES optimises: a resumed run must keep them.
 OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature", "time_horizon", "preset",
                    "seed", "rnn", "initial_z", "dream_starts", "common_random_numbers", "dream_reward",
-                   "picture_every", "full_covariance")
+                   "picture_every", "full_covariance", "empty_start_fraction")
 
 
 def parse_args(argv=None):
@@ -77,6 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--dream_starts", default=None,
                    help="begin each dream at a recorded real state (dream_starts.py) instead of an empty packing; "
                         "use with a short --time_horizon (e.g. 30)")
+    p.add_argument("--empty_start_fraction", type=float, default=0.0,
+                   help="with --dream_starts: share of dreams begun at the empty packing instead, so C sees "
+                        "the start of an episode, rare among the recorded states (default 0)")
     args = p.parse_args(argv)
     for name in ("num_worker", "popsize", "num_episode", "generations", "eval_steps", "eval_episodes"):
         if getattr(args, name) < 1:
@@ -89,6 +92,10 @@ def parse_args(argv=None):
         p.error("--picture_every needs --dream_reward picture")
     if args.weight_decay < 0:
         p.error(f"--weight_decay must be >= 0, got {args.weight_decay}")
+    if not 0 <= args.empty_start_fraction <= 1:
+        p.error(f"--empty_start_fraction must be in [0, 1], got {args.empty_start_fraction}")
+    if args.empty_start_fraction and not args.dream_starts:
+        p.error("--empty_start_fraction needs --dream_starts (without them every dream begins empty)")
     for name in ("time_horizon", "eval_horizon"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
@@ -161,7 +168,8 @@ class Scorer:
         self.train_config = dict(PRESETS[args.preset], time_horizon=horizon)
         if args.env == "dream":
             starts = load_dream_starts(args.dream_starts, self.rnn, args.rnn) if args.dream_starts else None
-            self.dream = BatchDream(self.rnn, load_initial_z(args.initial_z), args.temperature, horizon, starts)
+            self.dream = BatchDream(self.rnn, load_initial_z(args.initial_z), args.temperature, horizon, starts,
+                                    args.empty_start_fraction)
 
     def score(self, solutions, generation, rank):
         """Mean reward per solution and the real-environment steps it consumed."""

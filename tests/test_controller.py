@@ -194,6 +194,10 @@ def test_train_rejects_bad_flags(models, tmp_path):
     assert proc.returncode == 2 and "missing.json" in proc.stderr
     proc = run(train_cmd(models, tmp_path, "--picture_every", "5"))
     assert proc.returncode == 2 and "--picture_every needs --dream_reward picture" in proc.stderr
+    proc = run(train_cmd(models, tmp_path, "--empty_start_fraction", "0.5"))
+    assert proc.returncode == 2 and "--empty_start_fraction needs --dream_starts" in proc.stderr
+    proc = run(train_cmd(models, tmp_path, "--empty_start_fraction", "1.5"))
+    assert proc.returncode == 2 and "--empty_start_fraction must be in [0, 1]" in proc.stderr
 
 
 def test_notebook_runs_headless_on_a_tiny_log(models, tmp_path):
@@ -322,6 +326,34 @@ def test_dream_begins_at_the_recorded_states(models, tiny_series, tmp_path):
     h, _, out = rnn.step(obs["z"], np.zeros(6, int), starts["h"][rows], starts["c"][rows])
     _, reward, _, _ = dream.step(np.zeros(6, int))
     assert np.allclose(dream.h, h) and np.allclose(reward, out["reward"])
+
+
+def test_a_share_of_dreams_begins_at_the_empty_packing(models, tiny_series, tmp_path):
+    from dream_env import BatchDream, CommonRandomNumbers, load_dream_starts, load_initial_z
+    from model import load_rnn
+    assert run(starts_cmd(models, tmp_path / "s.npz", "--series", tiny_series, "--per_episode", "5")).returncode == 0
+    rnn = load_rnn(models["rnn"])
+    starts = load_dream_starts(str(tmp_path / "s.npz"), rnn, models["rnn"])
+    later = (starts["h"] != 0).any(1)       # drop recorded first steps: their h is zero as well
+    starts = {k: v[later] if np.ndim(v) and len(v) == len(later) else v for k, v in starts.items()}
+    initial_z = load_initial_z(models["initial_z"])
+
+    def reset(fraction, n=400, rng=None):
+        return BatchDream(rnn, initial_z, 1.0, 3, starts, fraction).reset(n, rng or np.random.default_rng(0))
+    empty = (reset(0.25)["h"] == 0).all(1)          # an empty packing starts from M's zero state
+    assert 0.15 < empty.mean() < 0.35
+    assert (reset(0.25)["action_mask"][empty, 1:] == 0).all()      # only a new bin is possible
+    assert (reset(1.0)["h"] == 0).all() and not (reset(0.0)["h"] == 0).all(1).any()
+    for key in ("z", "h", "action_mask"):                          # 0 draws exactly what it did before
+        assert np.array_equal(reset(0.0)[key], BatchDream(rnn, initial_z, 1.0, 3, starts).reset(
+            400, np.random.default_rng(0))[key])
+    shared = reset(0.5, 8 * 4, CommonRandomNumbers(np.random.default_rng(1), 4))
+    empty = (shared["h"] == 0).all(1).reshape(4, 8)               # the same dreams for every member
+    assert (empty == empty[:1]).all() and empty.any() and not empty.all()
+    with pytest.raises(ValueError, match="empty_start_fraction must be in"):
+        BatchDream(rnn, initial_z, 1.0, 3, starts, -0.1)
+    with pytest.raises(ValueError, match="it needs starts"):
+        BatchDream(rnn, initial_z, 1.0, 3, None, 0.5)
 
 
 def test_train_in_dreams_begun_at_real_states(models, tiny_series, tmp_path):
