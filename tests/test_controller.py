@@ -322,7 +322,8 @@ def test_dream_begins_at_the_recorded_states(models, tiny_series, tmp_path):
     obs = dream.reset(6, np.random.default_rng(0))
     rows = [int(np.flatnonzero((starts["z"] == z).all(1))[0]) for z in obs["z"]]
     assert np.array_equal(obs["h"], starts["h"][rows]) and np.array_equal(dream.c, starts["c"][rows])
-    assert (obs["action_mask"][:, 1:] == starts["action_mask"][rows, 1:]).all() and (obs["action_mask"][:, 0] == 1).all()
+    assert (obs["action_mask"][:, 1:] == starts["action_mask"][rows, 1:]).all()
+    assert (obs["action_mask"][:, 0] == 1).all()
     h, _, out = rnn.step(obs["z"], np.zeros(6, int), starts["h"][rows], starts["c"][rows])
     _, reward, _, _ = dream.step(np.zeros(6, int))
     assert np.allclose(dream.h, h) and np.allclose(reward, out["reward"])
