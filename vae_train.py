@@ -2,10 +2,11 @@
 
     python vae_train.py [--record_dir record --epochs 10 --batch_size 100 --learning_rate 1e-4
                          --kl_tolerance 0.5 --z_size 32 --max_episodes 10000 --frames_per_episode 0
-                         --holdout 5% --seed 0 --out_dir tf_vae]
+                         --holdout 5% --seed 0 --out_dir tf_vae --recon_loss l2]
 
 Defaults are World Models' (vae_train.py: 10 epochs, batch 100, Adam 1e-4, KL tolerance 0.5,
-z 32, up to 10000 episodes). Frames are streamed: each epoch visits the training episodes in an
+z 32, up to 10000 episodes, squared-error reconstruction; `--recon_loss bce` trades it for the
+binary cross-entropy, which keeps the lone bins the mask depends on). Frames are streamed: each epoch visits the training episodes in an
 order fixed by (seed, epoch), loads --shuffle_files of them at a time, shuffles their frames
 together and trains on them, so only a few episodes are ever in memory. On 2 CPU cores V trains
 at a few hundred frames/s (170-520 measured), far too slow for all of 10000 x 1000 frames, so
