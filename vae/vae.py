@@ -5,8 +5,9 @@ that the memory model M and the controller work on z instead of pixels.  The
 architecture, the loss (summed squared reconstruction error plus a KL term with
 "free bits" tolerance) and the defaults follow the original World Models code. The
 reconstruction term may instead be the summed binary cross-entropy (``recon_loss="bce"``):
-it charges far more for a pixel drawn dark where the picture is lit, which is how a squared
-error V drops the lone bins the action mask depends on (README, "A sharper loss for V").
+it charges far more than the squared error for drawing black where the picture is lit, the
+error by which a squared-error V drops the lone bins the action mask depends on (README, "A
+sharper loss for V").
 
 Saved file format (JSON, written atomically through ``path + ".tmp"``)::
 
