@@ -95,29 +95,27 @@ class BatchDream:
         self.done = np.zeros(n, bool)
         if self.starts is not None:
             pick = rng.integers(len(self.starts["z"]), size=n)
-            z, h, c = (self.starts[k][pick] for k in "zhc")
-            mask = self.starts["action_mask"][pick].copy()
+            state = [self.starts[k][pick] for k in ("z", "h", "c", "action_mask")]
             if self.empty_start_fraction:
                 empty = rng.random(n) < self.empty_start_fraction
-                self._reset_empty(n, rng)
-                z, h, c, mask = (np.where(empty[:, None], new, old)
-                                 for new, old in ((self.z, z), (self.h, h), (self.c, c), (self.mask, mask)))
-            self.z, self.h, self.c, self.mask = z, h, c, mask
-            self.mask[:, 0] = 1
-            return self.observation()
-        self._reset_empty(n, rng)
+                state = [np.where(empty[:, None], new, old) for new, old in zip(self._empty_starts(n, rng), state)]
+        else:
+            state = self._empty_starts(n, rng)
+        self.z, self.h, self.c, mask = state
+        self.mask = mask.copy()
+        self.mask[:, 0] = 1
         return self.observation()
 
-    def _reset_empty(self, n: int, rng):
-        """z, h, c and mask of n dreams begun at first frames of initial_z (an empty packing)."""
+    def _empty_starts(self, n: int, rng) -> list:
+        """[z, h, c, mask] of n dreams begun at first frames of initial_z (an empty packing)."""
         pick = rng.integers(len(self.initial_z["mu"]), size=n)
-        self.z = self.rnn.first_z(self.initial_z["mu"][pick], self.initial_z["logvar"][pick], rng)
-        self.h, self.c = self.rnn.initial_state(n)
+        z = self.rnn.first_z(self.initial_z["mu"][pick], self.initial_z["logvar"][pick], rng)
+        h, c = self.rnn.initial_state(n)
         if "action_mask" in self.initial_z:
-            self.mask = self.initial_z["action_mask"][pick].copy()
+            mask = self.initial_z["action_mask"][pick]
         else:                                   # an empty packing: only a new bin is possible
-            self.mask = np.zeros((n, self.rnn.action_size), np.uint8)
-        self.mask[:, 0] = 1
+            mask = np.zeros((n, self.rnn.action_size), np.uint8)
+        return [z, h, c, mask]
 
     def observation(self) -> dict:
         return {"z": self.z, "h": self.h, "action_mask": self.mask}

@@ -6,11 +6,12 @@
 
 Defaults are World Models' (vae_train.py: 10 epochs, batch 100, Adam 1e-4, KL tolerance 0.5,
 z 32, up to 10000 episodes, squared-error reconstruction; `--recon_loss bce` trades it for the
-binary cross-entropy, which keeps the lone bins the mask depends on). Frames are streamed: each epoch visits the training episodes in an
-order fixed by (seed, epoch), loads --shuffle_files of them at a time, shuffles their frames
-together and trains on them, so only a few episodes are ever in memory. On 2 CPU cores V trains
-at a few hundred frames/s (170-520 measured), far too slow for all of 10000 x 1000 frames, so
-`--frames_per_episode K` (K random frames per episode per epoch) keeps an epoch short.
+binary cross-entropy, which keeps the lone bins the mask depends on). Frames are streamed: each
+epoch visits the training episodes in an order fixed by (seed, epoch), loads --shuffle_files of
+them at a time, shuffles their frames together and trains on them, so only a few episodes are
+ever in memory. On 2 CPU cores V trains at a few hundred frames/s (170-520 measured), far too
+slow for all of 10000 x 1000 frames, so `--frames_per_episode K` (K random frames per episode
+per epoch) keeps an epoch short.
 
 A checkpoint (weights, Adam state, noise generator, epoch and batch) is written to
 out_dir/checkpoint/ after every epoch (and every --checkpoint_minutes within one): killing the
