@@ -16,7 +16,9 @@ per epoch) keeps an epoch short.
 A checkpoint (weights, Adam state, noise generator, epoch and batch) is written to
 out_dir/checkpoint/ after every epoch (and every --checkpoint_minutes within one): killing the
 run and starting it again with the same flags continues where it stopped and gives the same
-weights as an uninterrupted run; raising --epochs trains on from the last epoch.
+weights as an uninterrupted run; raising --epochs trains on from the last epoch. A fresh run
+with `--init_from tf_vae/vae.json` starts from that V's weights with a new optimizer, so a
+trained V can be fine-tuned at a lower --learning_rate (a resumed run must keep its flags).
 
 At the end V is written to out_dir/vae.json and judged on held-out episodes (--holdout, chosen
 by file name and seed, the same ones rnn_train.py holds out): the pictures V reconstructs from
@@ -44,7 +46,7 @@ CHECKPOINT = os.path.join("checkpoint", "vae_checkpoint.npz")
 TARGETS = {"mask_exact": 0.99, "item_exact": 0.999}
 # Flags a checkpoint must share with the run that resumes it (they change the data or the model).
 RESUME_FLAGS = ("z_size", "seed", "batch_size", "learning_rate", "kl_tolerance", "frames_per_episode",
-                "shuffle_files", "holdout", "max_episodes", "recon_loss")
+                "shuffle_files", "holdout", "max_episodes", "recon_loss", "init_from")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reconstruction term: summed squared error (World Models) or binary cross-entropy, "
                         "which will not let V drop a lone bin (README, 'A sharper loss for V')")
     p.add_argument("--z_size", type=positive_int, default=32, help="World Models: 32")
+    p.add_argument("--init_from", default=None,
+                   help="start from the weights of this vae.json instead of random ones (fine-tuning, e.g. "
+                        "at a lower --learning_rate); it must have the same --z_size and --recon_loss")
     p.add_argument("--max_episodes", type=positive_int, default=10000,
                    help="use at most this many episode files (the first by name); World Models: 10000")
     p.add_argument("--frames_per_episode", type=non_negative_int, default=0,
@@ -132,6 +137,18 @@ def load_checkpoint(path, vae, meta):
     restore_optimizer(vae.optimizer, data, path)
     vae._noise.reset(data["noise_state"])
     return int(data["epoch"]), int(data["batch"]), json.loads(str(data["history"]))
+
+
+def init_weights(vae, path):
+    """Copy the weights of the V saved at `path` into `vae`; ValueError if it is another kind of V."""
+    from vae.vae import ConvVAE
+    if not os.path.isfile(path):
+        raise ValueError(f"--init_from {path}: no such file")
+    source = ConvVAE.from_json(path)
+    for flag, have, want in (("z_size", source.z_size, vae.z_size), ("recon_loss", source.recon_loss, vae.recon_loss)):
+        if have != want:
+            raise ValueError(f"--init_from {path} has {flag} {have}, this run has --{flag} {want}")
+    vae.set_weights_flat(source.get_weights_flat())
 
 
 # ---------------------------------------------------------------- fidelity
@@ -210,6 +227,12 @@ def main(argv=None):
             fail(parser, str(e))
         resumed = {"epoch": start_epoch + 1, "batch": start_batch}
         print(f"resuming from checkpoint {ck_path}: epoch {start_epoch + 1} of {args.epochs}, batch {start_batch}")
+    elif args.init_from:
+        try:
+            init_weights(vae, args.init_from)
+        except ValueError as e:
+            fail(parser, str(e))
+        print(f"starting from the weights of {args.init_from}")
 
     per_epoch = frames_per_epoch(headers, train_files, args.frames_per_episode)
     batches = math.ceil(per_epoch / args.batch_size)

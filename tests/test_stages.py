@@ -153,6 +153,28 @@ def test_vae_train_with_the_cross_entropy_loss_writes_a_bce_vae(record, tmp_path
     assert json.loads((tmp_path / "vae.json").read_text())["recon_loss"] == "bce"
 
 
+def test_vae_train_init_from_starts_at_the_given_weights(record, trained_vae, tmp_path, capsys):
+    from vae.vae import ConvVAE
+    source = trained_vae["fresh_dir"] / "vae.json"
+    report, text = run(vae_train.main, ["--record_dir", record, "--out_dir", tmp_path, "--epochs", 1,
+                                        "--init_from", source, "--learning_rate", 1e-12] + VAE_FLAGS)
+    assert "starting from the weights of" in text and report["flags"]["init_from"] == str(source)
+    tuned = ConvVAE.from_json(tmp_path / "vae.json").get_weights_flat()
+    start = ConvVAE.from_json(source).get_weights_flat()
+    random_start = ConvVAE(seed=0).get_weights_flat()          # where the run would start without the flag
+    assert np.abs(tuned - start).max() < 1e-6 < np.abs(random_start - start).max()
+    # a checkpoint made from another start is not resumed silently
+    line = run_fails(vae_train.main, ["--record_dir", record, "--out_dir", tmp_path, "--epochs", 2,
+                                      "--learning_rate", 1e-12] + VAE_FLAGS, capsys)
+    assert "--init_from" in line
+    line = run_fails(vae_train.main, ["--record_dir", record, "--out_dir", tmp_path / "bce", "--epochs", 1,
+                                      "--init_from", source, "--recon_loss", "bce"] + VAE_FLAGS, capsys)
+    assert "has recon_loss l2, this run has --recon_loss bce" in line
+    line = run_fails(vae_train.main, ["--record_dir", record, "--out_dir", tmp_path / "none", "--epochs", 1,
+                                      "--init_from", tmp_path / "missing.json"] + VAE_FLAGS, capsys)
+    assert "missing.json: no such file" in line
+
+
 @pytest.fixture(scope="module")
 def series_file(record, trained_vae, tmp_path_factory):
     out = tmp_path_factory.mktemp("series") / "series.npz"
