@@ -28,6 +28,9 @@ level) and Worst Fit (the emptiest open bin that fits). Each plays --ranking_epi
 per --ranking_horizons length (started from --initial_z, default: initial_z/ beside rnn/ of
 --rnn) and --ranking_real_episodes real episodes of --preset on the 'validation' seed stream;
 the check is whether the dream orders them as the real environment does ("" turns it off).
+With --ranking_paired every policy plays on the same random numbers, as CMA-ES's candidates do
+under train.py --common_random_numbers, and the report adds each policy's dream-by-dream
+difference from Best Fit, whose spread says how many dreams it takes to tell two candidates apart.
 The same real episodes are also fed to M step by step (V's z of each real picture, the action
 taken) and its predicted rewards summed: "M on the real episodes" tells M's one-step heads
 apart from the drift of the open-loop dream. Then Best Fit plays --coherence_dreams closed-loop
@@ -87,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking_controllers", nargs="*", default=[],
                    help="controller files (train.py logs) ranked too, in the dream and on the same real "
                         "episodes: does the dream order trained controllers as the real environment does?")
+    p.add_argument("--ranking_paired", action="store_true",
+                   help="play every policy on the same random numbers, as train.py --common_random_numbers "
+                        "gives CMA-ES's candidates, and report each policy's dreamed reward minus Best Fit's "
+                        "dream by dream: how far apart can 16 dreams tell two candidates?")
     p.add_argument("--coherence_dreams", type=non_negative_int, default=200,
                    help="with the ranking on, Best Fit plays this many closed-loop dreams and every dreamed "
                         "picture is read: does the dream stay a packing? (0: off)")
@@ -241,12 +248,16 @@ def pairs_in_order(dream: np.ndarray, real: np.ndarray) -> float:
 
 def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_episodes: int, config,
                   temperature: float = 1.0, seed: int = 0, vae=None, starts: dict | None = None,
-                  picture_reward: bool = False, picture_every: int = 0, controllers: dict | None = None) -> dict:
+                  picture_reward: bool = False, picture_every: int = 0, controllers: dict | None = None,
+                  paired: bool = False) -> dict:
     """Best Fit vs Worst Fit in the dream (per horizon) and in the real env: same order?
 
     With a VAE, M also sums its predicted rewards along the real episodes ("M on real"): its
     one-step heads, without the drift of an open-loop dream. `controllers` ({name: params}) are
     scored too, in the same dreams' batch and on the same real episodes (through V and M).
+    With `paired`, all policies play the same dreams' random numbers (as CMA-ES's candidates do
+    under common random numbers) and each row also holds every policy's dream-by-dream
+    difference from Best Fit: its mean, standard error and spread.
     """
     from dream_env import BatchDream, rollout_dream
     from model import Controller, rollout_real
@@ -279,16 +290,22 @@ def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_epis
     rows = []
     for k in horizons:
         dream = BatchDream(rnn, initial_z, temperature, k, starts)
-        totals, _ = rollout_dream(controller, params, dream, dream_episodes, rng,
+        totals, _ = rollout_dream(controller, params, dream, dream_episodes, rng, common_random_numbers=paired,
                                   picture_vae=vae if picture_reward else None, picture_every=picture_every)
         means = totals.mean(1)
         row = {"horizon": int(k), "dream": dict(zip(names, map(float, means))),
                "agrees": bool(np.sign(means[0] - means[1]) == real_sign)}
+        if paired:
+            diff = totals - totals[:1]
+            row["minus_best_fit"] = dict(zip(names, map(float, diff.mean(1))))
+            row["minus_best_fit_sd"] = dict(zip(names, map(float, diff.std(1))))
+            row["minus_best_fit_stderr"] = dict(zip(names, map(float, diff.std(1) / np.sqrt(dream_episodes))))
+            row["sd"] = dict(zip(names, map(float, totals.std(1))))
         if controllers:
             row["dream_stderr"] = dict(zip(names, map(float, totals.std(1) / np.sqrt(dream_episodes))))
             row["pairs_in_real_order"] = pairs_in_order(means, real)
         rows.append(row)
-    out = {"policies": names, "real": dict(zip(names, map(float, real))),
+    out = {"policies": names, "real": dict(zip(names, map(float, real))), "paired": bool(paired),
            "real_episodes": real_episodes, "real_horizon": int(config["time_horizon"]),
            "dream_episodes": dream_episodes, "temperature": temperature, "seed": seed, "horizons": rows}
     if m_on_real:
@@ -367,6 +384,16 @@ def ranking_markdown(r) -> str:
                 f"{row['dream'][name]:.2f} +- {row['dream_stderr'][name]:.2f}" for row in r["horizons"]) + " |")
         lines.append("| pairs in the real order | | " + " | ".join(
             f"{row['pairs_in_real_order']:.0%}" for row in r["horizons"]) + " |")
+    if r.get("paired"):
+        ks = [row["horizon"] for row in r["horizons"]]
+        lines += ["", "paired with Best Fit on common random numbers: mean difference +- standard error "
+                  "(spread of one dream's difference; spread of one dream's reward)",
+                  "| policy | real minus Best Fit | " + " | ".join(f"dream, {k} steps" for k in ks) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in ks) + " |"]
+        for name in r["policies"]:
+            lines.append(f"| {name} | {r['real'][name] - r['real']['best_fit']:.2f} | " + " | ".join(
+                f"{row['minus_best_fit'][name]:.2f} +- {row['minus_best_fit_stderr'][name]:.2f} "
+                f"({row['minus_best_fit_sd'][name]:.1f}; {row['sd'][name]:.1f})" for row in r["horizons"]) + " |")
     return "\n".join(lines)
 
 
@@ -517,7 +544,8 @@ def main(argv=None):
         ranking = rank_policies(rnn, initial_z, ranking_horizons, args.ranking_episodes,
                                 args.ranking_real_episodes, config, args.temperature, args.seed, vae=vae,
                                 starts=starts, picture_reward=args.dream_reward == "picture",
-                                picture_every=args.picture_every, controllers=controllers)
+                                picture_every=args.picture_every, controllers=controllers,
+                                paired=args.ranking_paired)
         ranking.update(initial_z=initial_z_path, preset=args.preset, dream_starts=args.dream_starts,
                        dream_reward=args.dream_reward, picture_every=args.picture_every)
         ranking["table"] = ranking_markdown(ranking)

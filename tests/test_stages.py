@@ -425,6 +425,27 @@ def test_dream_fidelity_ranks_controller_files(installed, record, tmp_path):
         dream_fidelity.main([str(a) for a in argv[:-6]] + ["--ranking_controllers", str(tmp_path / "short.json")])
 
 
+def test_dream_fidelity_paired_ranking_gives_best_fit_in_disguise_the_same_dreams(installed, record, tmp_path):
+    """On common random numbers a controller that plays as Best Fit dreams exactly Best Fit's dreams."""
+    bf = np.zeros(30 * (32 + 256) + 30)
+    bf[-30:] = np.arange(30)
+    (tmp_path / "bf.json").write_text(json.dumps([bf.tolist(), 0.0]))
+    argv = ["--record_dir", record, "--vae", installed / "vae" / "vae.json", "--rnn", installed / "rnn" / "rnn.json",
+            "--ranking_horizons", "6", "--ranking_episodes", 8, "--ranking_real_episodes", 2, "--coherence_dreams", 0,
+            "--ranking_controllers", tmp_path / "bf.json"]
+    name = str(tmp_path / "bf.json")
+    paired, text = run(dream_fidelity.main, argv + ["--out", tmp_path / "p.json", "--ranking_paired"])
+    row = paired["policy_ranking"]["horizons"][0]
+    # the same actions on the same draws: equal up to float rounding of the batched matrix products
+    assert abs(row["minus_best_fit"][name]) < 1e-4 and row["minus_best_fit_sd"][name] < 1e-4
+    assert row["sd"]["best_fit"] == pytest.approx(row["sd"][name], abs=1e-4) and row["sd"]["best_fit"] > 0.01
+    assert "paired with Best Fit on common random numbers" in text
+    unpaired, _ = run(dream_fidelity.main, argv + ["--out", tmp_path / "u.json"])
+    row = unpaired["policy_ranking"]["horizons"][0]
+    assert not unpaired["policy_ranking"]["paired"] and "minus_best_fit" not in row
+    assert row["dream"][name] != row["dream"]["best_fit"]          # other dreams, other draws
+
+
 def test_pairs_in_order():
     assert dream_fidelity.pairs_in_order(np.array([3.0, 2.0, 1.0]), np.array([30.0, 20.0, 10.0])) == 1.0
     assert dream_fidelity.pairs_in_order(np.array([1.0, 2.0, 3.0]), np.array([30.0, 20.0, 10.0])) == 0.0
