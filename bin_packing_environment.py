@@ -240,8 +240,39 @@ def _nearest_colour(pixels: np.ndarray) -> np.ndarray:
     return d.argmin(-1).reshape(pixels.shape[:-1])
 
 
-def decode_pictures(pictures, bin_size: int = 30) -> np.ndarray:
-    """Inverse of `encode_states`; tolerant of noise (nearest colour per segment)."""
+def _nearest_band_counts(seg: np.ndarray) -> np.ndarray:
+    """Per band, the count 0..MAX_BAND_COUNT whose drawing is nearest (squared error) to the
+    band's segment colours seg (n, levels, SEGMENTS, 3): a maximum-likelihood read under pixel
+    noise, where the nearest colour per segment can read a faint ghost as a dark bin."""
+    seg = seg.astype(np.float64)
+    P = PALETTE.astype(np.float64)
+    total = (seg ** 2).sum((-1, -2))                              # distance of count 0 (all background)
+    cum = np.cumsum(seg, axis=2)                                  # cum[..., k, :] = sum of segments 0..k
+    small = np.arange(1, 30)                                      # c segments of colour c - 1
+    d_small = -2 * np.einsum("nlkd,kd->nlk", cum[:, :, :29], P[:29]) + small * (P[:29] ** 2).sum(1)
+    large = np.arange(30, MAX_BAND_COUNT + 1)                     # full darkest segments, then a remainder
+    full, rest = np.divmod(large, LARGE_UNIT)
+    d_large = -2 * (cum @ P[29])[..., full - 1] + full * (P[29] ** 2).sum()
+    rest_colours = P[1:29:2]                                      # remainder r is drawn in P[2r - 1]
+    r = np.maximum(rest - 1, 0)
+    at_rest = (seg @ rest_colours.T)[:, :, np.minimum(full, SEGMENTS - 1), r]
+    d_large = d_large + (rest > 0) * (-2 * at_rest + (rest_colours[r] ** 2).sum(1))
+    distance = np.concatenate([np.zeros(total.shape + (1,)), d_small, d_large], -1)
+    return distance.argmin(-1)
+
+
+BAND_READS = ("nearest_colour", "nearest_band")
+
+
+def decode_pictures(pictures, bin_size: int = 30, bands: str = "nearest_colour") -> np.ndarray:
+    """Inverse of `encode_states`; tolerant of noise.
+
+    bands="nearest_colour" (the default, used by the dream) reads each 2x2 segment as its nearest
+    colour; "nearest_band" reads each band as the count whose whole drawing is nearest. Both are
+    exact on clean pictures; they differ on V's reconstructions.
+    """
+    if bands not in BAND_READS:
+        raise ValueError(f"bands must be one of {BAND_READS}, got {bands!r}")
     pictures = np.asarray(pictures)
     if pictures.ndim != 4 or pictures.shape[1:] != PICTURE_SHAPE:
         raise ValueError(f"pictures must have shape (n, 64, 64, 3), got {pictures.shape}")
@@ -267,6 +298,8 @@ def decode_pictures(pictures, bin_size: int = 30) -> np.ndarray:
     rest = ((last[..., None, :] - choices) ** 2).sum(-1).argmin(-1)       # 0 = darkest
     last_is_rest = rest > 0
     counts = np.where(large, (length - last_is_rest) * LARGE_UNIT + rest, length)
+    if bands == "nearest_band":
+        counts = _nearest_band_counts(seg)
     item_strip = pictures[:, ITEM_ROWS].astype(np.float32).mean(axis=1)        # (n, 64, 3)
     boxes = item_strip[:, :6 * MAX_ITEM_SIZE].reshape(n, MAX_ITEM_SIZE, 6, 3).mean(2)
     lit = _nearest_colour(boxes) > 0

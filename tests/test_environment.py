@@ -192,6 +192,26 @@ def test_decode_tolerates_noise():
     assert (E.decode_picture(np.clip(noisy, 0, 255).astype(np.uint8)) == state).all()
 
 
+def test_nearest_band_read_is_exact_on_every_count_and_reads_a_faint_ghost_as_empty():
+    counts = np.arange(E.MAX_BAND_COUNT + 1)
+    counts = np.concatenate([counts, np.zeros(-len(counts) % 29, int)]).reshape(-1, 29)   # every count once
+    states = np.concatenate([np.zeros((len(counts), 1), int), counts, np.arange(len(counts))[:, None] % 11], 1)
+    pictures = E.encode_states(states)
+    assert (E.decode_pictures(pictures, bands="nearest_band") == states).all()
+    assert (E.decode_pictures(pictures) == states).all()
+    # V's typical slip: a faint grey ghost where a level is empty; the nearest colour per segment is
+    # the darkest blue (a bin), the nearest drawing of the whole band is no bin
+    state = np.zeros(31, int)
+    state[[3, 10]] = [2, 45]
+    picture = E.encode_state(state)
+    rows = E._band_rows(7)
+    picture[rows, 0:2] = (65, 71, 82)
+    assert E.decode_picture(picture)[7] == 1
+    assert (E.decode_pictures(picture[None], bands="nearest_band")[0] == state).all()
+    with pytest.raises(ValueError, match="bands must be one of"):
+        E.decode_pictures(picture[None], bands="nearest")
+
+
 # ---------------------------------------------------------------- recording
 
 def test_recording_writes_episode_atomically(tmp_path):

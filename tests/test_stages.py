@@ -95,7 +95,7 @@ def test_vae_train_writes_model_and_fidelity_report(trained_vae):
     saved = json.loads((out / "vae_report.json").read_text())
     fid = saved["fidelity"]
     assert fid["frames"] == HORIZON * len(report["heldout_episodes"])
-    for key in ("state_exact", "mask_exact", "item_exact"):
+    for key in ("state_exact", "mask_exact", "item_exact", "state_exact_nearest_band", "mask_exact_nearest_band"):
         assert 0 <= fid[key] <= 1
     assert set(saved["targets_met"]) == {"mask_exact", "item_exact"}
     assert "held-out fidelity" in text and "mask exact" in text
