@@ -81,12 +81,16 @@ def atomic_copy(src: str, dst: str) -> str:
     return tmp
 
 
-def changed_flags(saved: dict, now: dict) -> list[str]:
-    """'--flag saved (now value)' for each flag in `now` whose saved value differs: why a resume is refused."""
+def changed_flags(saved: dict, now: dict, added: dict | None = None) -> list[str]:
+    """'--flag saved (now value)' for each flag in `now` whose saved value differs: why a resume is refused.
+
+    `added` maps flags newer than some saved files to the value those files were made with.
+    """
+    saved = {**(added or {}), **saved}
     return [f"--{k} {saved.get(k)} (now {v})" for k, v in now.items() if saved.get(k) != v]
 
 
-def read_checkpoint(path: str, meta: dict) -> dict:
+def read_checkpoint(path: str, meta: dict, added: dict | None = None) -> dict:
     """A training checkpoint's arrays, once its recorded flags are checked against `meta`.
 
     ValueError (suggesting --restart) if the file is unreadable or was made with other flags.
@@ -98,7 +102,7 @@ def read_checkpoint(path: str, meta: dict) -> dict:
         raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
                          "delete it or pass --restart") from None
     saved = json.loads(str(data["meta"]))
-    diff = changed_flags(saved, meta)
+    diff = changed_flags(saved, meta, added)
     if diff:
         raise ValueError(f"checkpoint {path} was made with {', '.join(diff)}; "
                          "rerun with the same flags and data or pass --restart")

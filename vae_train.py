@@ -49,6 +49,8 @@ TARGETS = {"mask_exact": 0.99, "item_exact": 0.999}
 # Flags a checkpoint must share with the run that resumes it (they change the data or the model).
 RESUME_FLAGS = ("z_size", "seed", "batch_size", "learning_rate", "kl_tolerance", "frames_per_episode",
                 "shuffle_files", "holdout", "max_episodes", "recon_loss", "init_from")
+# Resume flags added later, with the value a checkpoint written before them was made with.
+ADDED_FLAGS = {"recon_loss": "l2", "init_from": None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +136,7 @@ def save_checkpoint(path, vae, epoch, batch, meta, history):
 
 def load_checkpoint(path, vae, meta):
     """Restore a checkpoint into `vae`; returns (epoch, batch, history). ValueError if unusable."""
-    data = read_checkpoint(path, {k: meta[k] for k in RESUME_FLAGS})
+    data = read_checkpoint(path, {k: meta[k] for k in RESUME_FLAGS}, ADDED_FLAGS)
     vae.set_weights_flat(data["weights"])
     restore_optimizer(vae.optimizer, data, path)
     vae._noise.reset(data["noise_state"])

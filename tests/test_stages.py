@@ -6,6 +6,7 @@ main(argv); plus resuming, determinism, unusable episode files and mismatched ar
 import contextlib
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -142,6 +143,23 @@ def test_vae_train_refuses_a_checkpoint_made_with_other_flags(record, trained_va
                                       "--frames_per_episode", 5, "--batch_size", 8], capsys)
     assert "--frames_per_episode 4 (now 5)" in line and "--restart" in line
     line = run_fails(vae_train.main, ["--record_dir", record, "--out_dir", trained_vae["out"], "--epochs", 2,
+                                      "--recon_loss", "bce"] + VAE_FLAGS, capsys)
+    assert "--recon_loss l2 (now bce)" in line
+
+
+def test_vae_train_resumes_a_checkpoint_made_before_the_newer_flags(record, trained_vae, tmp_path, capsys):
+    """A checkpoint without recon_loss / init_from in its flags was an l2 run from random weights."""
+    shutil.copytree(trained_vae["out"] / "checkpoint", tmp_path / "checkpoint")
+    path = tmp_path / "checkpoint" / "vae_checkpoint.npz"
+    with np.load(path) as ck:
+        data = {k: ck[k] for k in ck.files}
+    meta = json.loads(str(data["meta"]))
+    del meta["recon_loss"], meta["init_from"]
+    data["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **data)
+    report, text = run(vae_train.main, ["--record_dir", record, "--out_dir", tmp_path, "--epochs", 3] + VAE_FLAGS)
+    assert report["resumed_from"] == {"epoch": 3, "batch": 0} and report["epochs_completed"] == 3
+    line = run_fails(vae_train.main, ["--record_dir", record, "--out_dir", tmp_path, "--epochs", 4,
                                       "--recon_loss", "bce"] + VAE_FLAGS, capsys)
     assert "--recon_loss l2 (now bce)" in line
 
