@@ -240,6 +240,27 @@ def _nearest_colour(pixels: np.ndarray) -> np.ndarray:
     return d.argmin(-1).reshape(pixels.shape[:-1])
 
 
+def _nearest_colour_counts(seg: np.ndarray) -> np.ndarray:
+    """Per band, the count read segment by segment (each 2x2 segment as its nearest colour) from
+    the band's segment colours seg (n, levels, SEGMENTS, 3)."""
+    idx = _nearest_colour(seg) - 1                   # -1 = background, else palette index
+    # a band is read as its leading run of filled segments; a run whose colour (ignoring the
+    # last segment, which may be a remainder) is closer to the darkest than to the colour
+    # its length implies is in the large mode.
+    run = np.cumprod(idx >= 0, axis=-1).astype(bool)
+    length = run.sum(-1)
+    head = run.copy()
+    np.put_along_axis(head, np.maximum(length - 1, 0)[..., None], length[..., None] == 1, -1)
+    head_colour = (np.where(head, idx, 0).sum(-1) / np.maximum(head.sum(-1), 1))
+    large = (length >= 30) | ((length >= 2) & (np.abs(head_colour - 29) < np.abs(head_colour - (length - 1))))
+    # the last segment is either darkest or a remainder colour: choose among those 15 only
+    last = np.take_along_axis(seg, np.maximum(length - 1, 0)[..., None, None], -2)[..., 0, :]
+    choices = np.concatenate([PALETTE[-1:], PALETTE[1:29:2]]).astype(np.float32)
+    rest = ((last[..., None, :] - choices) ** 2).sum(-1).argmin(-1)       # 0 = darkest
+    last_is_rest = rest > 0
+    return np.where(large, (length - last_is_rest) * LARGE_UNIT + rest, length)
+
+
 def _nearest_band_counts(seg: np.ndarray) -> np.ndarray:
     """Per band, the count 0..MAX_BAND_COUNT whose drawing is nearest (squared error) to the
     band's segment colours seg (n, levels, SEGMENTS, 3): a maximum-likelihood read under pixel
@@ -261,7 +282,7 @@ def _nearest_band_counts(seg: np.ndarray) -> np.ndarray:
     return distance.argmin(-1)
 
 
-BAND_READS = ("nearest_colour", "nearest_band")
+BAND_READS = {"nearest_colour": _nearest_colour_counts, "nearest_band": _nearest_band_counts}
 
 
 def decode_pictures(pictures, bin_size: int = 30, bands: str = "nearest_colour") -> np.ndarray:
@@ -272,7 +293,7 @@ def decode_pictures(pictures, bin_size: int = 30, bands: str = "nearest_colour")
     exact on clean pictures; they differ on V's reconstructions.
     """
     if bands not in BAND_READS:
-        raise ValueError(f"bands must be one of {BAND_READS}, got {bands!r}")
+        raise ValueError(f"bands must be one of {tuple(BAND_READS)}, got {bands!r}")
     pictures = np.asarray(pictures)
     if pictures.ndim != 4 or pictures.shape[1:] != PICTURE_SHAPE:
         raise ValueError(f"pictures must have shape (n, 64, 64, 3), got {pictures.shape}")
@@ -281,25 +302,7 @@ def decode_pictures(pictures, bin_size: int = 30, bands: str = "nearest_colour")
     band_area = pictures[:, 60 - 2 * levels:60].astype(np.float32)
     # mean colour of each 2x2 segment: (n, levels, 32, 3), level order top-down
     seg = band_area.reshape(n, levels, 2, SEGMENTS, 2, 3).mean(axis=(2, 4))[:, ::-1]
-    idx = _nearest_colour(seg) - 1                   # -1 = background, else palette index
-    filled = idx >= 0
-    # a band is read as its leading run of filled segments; a run whose colour (ignoring the
-    # last segment, which may be a remainder) is closer to the darkest than to the colour
-    # its length implies is in the large mode.
-    run = np.cumprod(idx >= 0, axis=-1).astype(bool)
-    length = run.sum(-1)
-    head = run.copy()
-    np.put_along_axis(head, np.maximum(length - 1, 0)[..., None], length[..., None] == 1, -1)
-    head_colour = (np.where(head, idx, 0).sum(-1) / np.maximum(head.sum(-1), 1))
-    large = (length >= 30) | ((length >= 2) & (np.abs(head_colour - 29) < np.abs(head_colour - (length - 1))))
-    # the last segment is either darkest or a remainder colour: choose among those 15 only
-    last = np.take_along_axis(seg, np.maximum(length - 1, 0)[..., None, None], -2)[..., 0, :]
-    choices = np.concatenate([PALETTE[-1:], PALETTE[1:29:2]]).astype(np.float32)
-    rest = ((last[..., None, :] - choices) ** 2).sum(-1).argmin(-1)       # 0 = darkest
-    last_is_rest = rest > 0
-    counts = np.where(large, (length - last_is_rest) * LARGE_UNIT + rest, length)
-    if bands == "nearest_band":
-        counts = _nearest_band_counts(seg)
+    counts = BAND_READS[bands](seg)
     item_strip = pictures[:, ITEM_ROWS].astype(np.float32).mean(axis=1)        # (n, 64, 3)
     boxes = item_strip[:, :6 * MAX_ITEM_SIZE].reshape(n, MAX_ITEM_SIZE, 6, 3).mean(2)
     lit = _nearest_colour(boxes) > 0
