@@ -292,17 +292,18 @@ def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_epis
         dream = BatchDream(rnn, initial_z, temperature, k, starts)
         totals, _ = rollout_dream(controller, params, dream, dream_episodes, rng, common_random_numbers=paired,
                                   picture_vae=vae if picture_reward else None, picture_every=picture_every)
-        means = totals.mean(1)
+        means, spread = totals.mean(1), totals.std(1)
         row = {"horizon": int(k), "dream": dict(zip(names, map(float, means))),
                "agrees": bool(np.sign(means[0] - means[1]) == real_sign)}
         if paired:
             diff = totals - totals[:1]
+            diff_spread = diff.std(1)
             row["minus_best_fit"] = dict(zip(names, map(float, diff.mean(1))))
-            row["minus_best_fit_sd"] = dict(zip(names, map(float, diff.std(1))))
-            row["minus_best_fit_stderr"] = dict(zip(names, map(float, diff.std(1) / np.sqrt(dream_episodes))))
-            row["sd"] = dict(zip(names, map(float, totals.std(1))))
+            row["minus_best_fit_sd"] = dict(zip(names, map(float, diff_spread)))
+            row["minus_best_fit_stderr"] = dict(zip(names, map(float, diff_spread / np.sqrt(dream_episodes))))
+            row["sd"] = dict(zip(names, map(float, spread)))
         if controllers:
-            row["dream_stderr"] = dict(zip(names, map(float, totals.std(1) / np.sqrt(dream_episodes))))
+            row["dream_stderr"] = dict(zip(names, map(float, spread / np.sqrt(dream_episodes))))
             row["pairs_in_real_order"] = pairs_in_order(means, real)
         rows.append(row)
     out = {"policies": names, "real": dict(zip(names, map(float, real))), "paired": bool(paired),
