@@ -415,6 +415,28 @@ def nearest_valid(actions: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return dist.argmin(-1)
 
 
+def place_items(states, actions, act=None) -> tuple[np.ndarray, np.ndarray]:
+    """(states after each item goes where its action says, the level it brings its bin to).
+
+    The one transition rule of the packing, used by the environment and by the checks of the
+    dream; rows where `act` is False are left as they are. The item entry is kept: the next
+    item is the environment's to draw. Actions are assumed valid.
+    """
+    states = np.array(states, np.int64)
+    actions = np.asarray(actions, np.int64)
+    B = states.shape[1] - 1
+    rows = np.arange(len(states))
+    act = np.ones(len(states), bool) if act is None else np.asarray(act, bool)
+    new_bin = actions == 0
+    target = np.where(new_bin, states[:, -1], actions + states[:, -1])   # the bin's level after placement
+    # one (row, level) pair per row, so plain fancy indexing cannot collide
+    take = act & ~new_bin
+    states[rows[take], actions[take]] -= 1
+    keep = act & (target < B)                                            # a full bin leaves the state
+    states[rows[keep], target[keep]] += 1
+    return states, target
+
+
 class BatchBinPacking:
     """Many independent episodes stepped together; the one implementation of the rules.
 
@@ -482,12 +504,7 @@ class BatchBinPacking:
         act = live & ~invalid
         new_bin = actions == 0
         reward = np.where(new_bin, -(B - item), item).astype(np.float64)
-        target = np.where(new_bin, item, actions + item)       # the bin's level after placement
-        # one (row, level) pair per episode, so plain fancy indexing cannot collide
-        take = act & ~new_bin
-        self.states[rows[take], actions[take]] -= 1
-        keep = act & (target < B)                               # a full bin leaves the state
-        self.states[rows[keep], target[keep]] += 1
+        self.states, target = place_items(self.states, actions, act)
         reward = np.where(invalid, INVALID_ACTION_PENALTY + self.last_reward, np.where(act, reward, 0.0))
         self.last_reward = np.where(act, reward, self.last_reward)
         self.t += 1

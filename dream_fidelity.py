@@ -48,7 +48,7 @@ import numpy as np
 from tqdm import tqdm
 
 from baselines import evaluate_policy
-from bin_packing_environment import PRESETS, action_masks, decode_pictures, waste
+from bin_packing_environment import PRESETS, action_masks, decode_pictures, place_items, waste
 from stages_common import (EpisodeReader, atomic_write_json, episode_name, fail, holdout_mask, int_list,
                            non_negative_int, parse_fraction, positive_float, positive_int, require_file, sha256_file)
 
@@ -318,6 +318,13 @@ def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_epis
 COHERENCE_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
+def legal_moves(before, actions, after, allowed=None) -> np.ndarray:
+    """Whether each `after` shows exactly the bins that `before` and the action lead to (the item
+    is the environment's new draw, not compared); a row not `allowed` must keep its bins."""
+    expected, _ = place_items(before, actions, act=allowed)
+    return (np.asarray(after)[:, 1:-1] == expected[:, 1:-1]).all(1)
+
+
 def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temperature: float = 1.0,
                     seed: int = 0, starts: dict | None = None) -> dict:
     """Does a closed-loop dream stay a packing? Best Fit plays `dreams` dreams and every dreamed z
@@ -327,7 +334,10 @@ def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temper
     reports how often M's mask head (what the controller acts on) equals the mask read off the
     dreamed picture, how often Best Fit's action is invalid by that picture, and the waste the
     pictures show: a dream whose samples leave the pictures' manifold fills with phantom bins
-    (the waste climbs) and offers moves the picture does not allow.
+    (the waste climbs) and offers moves the picture does not allow. A legal step is one whose
+    picture shows exactly the bins that the previous picture and Best Fit's action lead to (an
+    action the picture does not allow leaves that picture's bins as they were, so the step can
+    still be legal only if M leaves them too): how often M's transitions obey the rules.
     """
     from dream_env import BatchDream
     from model import Controller
@@ -335,32 +345,41 @@ def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temper
     best_fit = fixed_policies(controller)[:1]
     dream = BatchDream(rnn, initial_z, temperature, horizon, starts)
     obs = dream.reset(dreams, np.random.default_rng(seed))
-    rows, agree, invalid, new_bins = [], [], [], []
+    rows, agree, invalid, new_bins, legal = [], [], [], [], []
     for t in range(horizon + 1):
         states = decode_pictures(vae.decode(obs["z"]), rnn.action_size)
         pictured = action_masks(states)
         same = (pictured == obs["action_mask"]).all(1)
+        row = {"step": t, "mask_agrees": float(same.mean()), "waste": float(waste(states).mean())}
+        if t > 0:
+            legal.append(legal_moves(before, actions, states, allowed).mean())
+            row["legal_step"] = float(legal[-1])
         if t in COHERENCE_STEPS or t == horizon:
-            rows.append({"step": t, "mask_agrees": float(same.mean()), "waste": float(waste(states).mean())})
+            rows.append(row)
         if t == horizon:
             break
         x = np.concatenate([obs["z"], obs["h"]], 1)[None]
         actions = controller.act(best_fit, x, obs["action_mask"][None])[0]
         agree.append(same.mean())
-        invalid.append(float((pictured[np.arange(dreams), actions] == 0).mean()))
+        allowed = pictured[np.arange(dreams), actions] > 0
+        invalid.append(float((~allowed).mean()))
         new_bins.append(float((actions == 0).mean()))
+        before = states
         obs, _, _, _ = dream.step(actions)
     return {"dreams": dreams, "horizon": horizon, "temperature": temperature, "steps": rows,
             "mask_agrees": float(np.mean(agree)), "invalid_by_picture": float(np.mean(invalid)),
-            "new_bins_per_step": float(np.mean(new_bins))}
+            "new_bins_per_step": float(np.mean(new_bins)), "legal_steps": float(np.mean(legal))}
 
 
 def coherence_markdown(c) -> str:
-    lines = ["| dream step | M mask = mask of the dreamed picture | waste the picture shows |", "| --- | --- | --- |"]
-    lines += [f"| {r['step']} | {r['mask_agrees']:.1%} | {r['waste']:.1f} |" for r in c["steps"]]
+    lines = ["| dream step | M mask = mask of the dreamed picture | waste the picture shows | legal step |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {r['step']} | {r['mask_agrees']:.1%} | {r['waste']:.1f} | "
+              f"{format(r['legal_step'], '.1%') if 'legal_step' in r else ''} |" for r in c["steps"]]
     lines.append(f"\nBest Fit in {c['dreams']} dreams of {c['horizon']} steps: M's mask equals the picture's on "
                  f"{c['mask_agrees']:.1%} of steps, {c['invalid_by_picture']:.1%} of its actions are invalid by the "
-                 f"picture, {c['new_bins_per_step']:.3f} new bins per step")
+                 f"picture, {c['new_bins_per_step']:.3f} new bins per step; {c['legal_steps']:.1%} of its steps are legal moves "
+                 "of the packing")
     return "\n".join(lines)
 
 

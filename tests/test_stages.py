@@ -398,6 +398,8 @@ def test_dream_fidelity_ranks_fixed_policies(installed, record, tmp_path):
     assert coherence["dreams"] == 3 and [r["step"] for r in coherence["steps"]] == [0, 1, 2, 5, 10]
     assert all(0 <= r["mask_agrees"] <= 1 and r["waste"] >= 0 for r in coherence["steps"])
     assert 0 <= coherence["invalid_by_picture"] <= 1 and 0 <= coherence["new_bins_per_step"] <= 1
+    assert 0 <= coherence["legal_steps"] <= 1 and "legal_step" not in coherence["steps"][0]
+    assert all(0 <= r["legal_step"] <= 1 for r in coherence["steps"][1:])
     assert "does the dream stay a packing?" in text
     assert ranking == result["policy_ranking"]
     assert ranking["initial_z"] == str(installed / "initial_z" / "initial_z.json")   # beside rnn/, as in pipeline.py
@@ -418,6 +420,22 @@ def test_dream_fidelity_ranks_fixed_policies(installed, record, tmp_path):
 
     again, _ = run(dream_fidelity.main, argv[:6] + ["--out", tmp_path / "b.json"] + argv[8:])
     assert again["policy_ranking"]["horizons"] == ranking["horizons"]          # same seed, same numbers
+
+
+def test_legal_moves_accepts_the_real_transitions_and_nothing_else():
+    env = BatchBinPacking("perfect_pack", num_envs=50)
+    obs = env.reset(episode_seeds(0, 50))
+    rng = np.random.default_rng(0)
+    for _ in range(40):                          # random play leaves varied packings
+        before, actions = obs["state"], random_valid(obs["state"], obs["action_mask"], rng)
+        obs, _, _, _ = env.step(actions)
+        assert dream_fidelity.legal_moves(before, actions, obs["state"]).all()
+    after = obs["state"].copy()
+    after[:5, 3] += 1                            # a phantom bin
+    assert dream_fidelity.legal_moves(before, actions, after).tolist() == [False] * 5 + [True] * 45
+    # an action the picture does not allow must leave the bins alone
+    assert dream_fidelity.legal_moves(before, actions, before, allowed=np.zeros(50, bool)).all()
+    assert not dream_fidelity.legal_moves(before, actions, obs["state"], allowed=np.zeros(50, bool)).all()
 
 
 def test_dream_fidelity_ranks_controller_files(installed, record, tmp_path):
