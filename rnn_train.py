@@ -30,6 +30,8 @@ up to --initial_z_max training episodes, for dream_env.load_initial_z), out_dir/
 out_dir/rnn_report.json (held-out next-z NLL, reward MAE, mask and done accuracy). A checkpoint
 (weights, Adam state, step) goes to out_dir/checkpoint/ every --checkpoint_every steps: a killed
 run started again with the same flags continues from it and ends with the same weights.
+With `--init_from tf_rnn/rnn.json` a fresh run starts from that M's weights with a new optimizer,
+so a trained M can be trained on at a lower --learning_rate (its steps count from 0 again).
 """
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ CHECKPOINT = os.path.join("checkpoint", "rnn_checkpoint.npz")
 SERIES_KEYS = ("mu", "logvar", "action", "reward", "done", "action_mask", "episode_lengths",
                "episode_names", "vae_sha256")
 RESUME_FLAGS = ("seed", "seq_len", "batch_size", "learning_rate", "grad_clip", "hidden_size",
-                "num_mixtures", "mixture", "reward_scale", "holdout", "z_input")
+                "num_mixtures", "mixture", "reward_scale", "holdout", "z_input", "init_from")
+ADDED_FLAGS = {"init_from": None}      # checkpoints written before the flag existed started from scratch
 LOSS_KEYS = ("z_nll", "reward_mse", "done_bce", "mask_bce", "total")
 
 
@@ -81,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score held-out every N steps (0: at the end only)")
     p.add_argument("--checkpoint_every", type=positive_int, default=250)
     p.add_argument("--initial_z_max", type=positive_int, default=1000, help="rows of initial_z.json at most")
+    p.add_argument("--init_from", default=None,
+                   help="start from this M's weights (rnn.json) with a new optimizer (e.g. to go on at a lower "
+                        "--learning_rate); it must have the same sizes, --mixture and --z_input")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -222,10 +228,22 @@ def save_checkpoint(path, model, step, meta, history):
 
 def load_checkpoint(path, model, meta):
     """Restore a checkpoint into `model`; returns (step, history). ValueError if unusable."""
-    data = read_checkpoint(path, meta)
+    data = read_checkpoint(path, meta, ADDED_FLAGS)
     model.set_weights({k[2:]: v for k, v in data.items() if k.startswith("w/")})
     restore_optimizer(model.optimizer, data, path)
     return int(data["step"]), json.loads(str(data["history"]))
+
+
+def init_weights(model, path):
+    """Copy the weights of the M saved at `path` into `model`; ValueError if it is another kind of M."""
+    from rnn.rnn import read_json
+    if not os.path.isfile(path):
+        raise ValueError(f"--init_from {path}: no such file")
+    hp, weights = read_json(path)
+    for key in ("z_size", "action_size", "hidden_size", "num_mixtures", "mixture", "z_input", "reward_scale"):
+        if hp[key] != model.hp[key]:
+            raise ValueError(f"--init_from {path} has {key} {hp[key]}, this run has {model.hp[key]}")
+    model.set_weights(weights)
 
 
 # ---------------------------------------------------------------- outputs
@@ -275,6 +293,12 @@ def main(argv=None):
             fail(parser, str(e))
         resumed = start_step
         print(f"resuming from checkpoint {ck_path} at step {start_step} of {args.steps}")
+    elif args.init_from:
+        try:
+            init_weights(model, args.init_from)
+        except ValueError as e:
+            fail(parser, str(e))
+        print(f"starting from the weights of {args.init_from}")
 
     eval_eps = held_eps[:args.eval_episodes]
     sample_z = args.z_input == "sample"

@@ -282,6 +282,42 @@ def test_rnn_train_resumes_and_matches_an_uninterrupted_run(trained_rnn):
     assert (trained_rnn["out"] / "rnn.json").read_bytes() == (trained_rnn["fresh_dir"] / "rnn.json").read_bytes()
 
 
+def test_rnn_train_init_from_starts_at_the_given_weights(trained_rnn, series_file, tmp_path, capsys):
+    from rnn.rnn import read_json
+    path, source = series_file[0], trained_rnn["fresh_dir"] / "rnn.json"
+    report, text = run(rnn_train.main, ["--series", path, "--out_dir", tmp_path, "--steps", 1, "--init_from", source,
+                                        "--learning_rate", 1e-12] + RNN_FLAGS)
+    assert "starting from the weights of" in text and report["flags"]["init_from"] == str(source)
+    tuned, start = read_json(tmp_path / "rnn.json")[1], read_json(source)[1]
+    assert max(np.abs(tuned[k] - start[k]).max() for k in start) < 1e-6
+    other = tmp_path / "scratch"                    # without the flag, the same run starts elsewhere
+    run(rnn_train.main, ["--series", path, "--out_dir", other, "--steps", 1, "--learning_rate", 1e-12] + RNN_FLAGS)
+    assert max(np.abs(read_json(other / "rnn.json")[1][k] - start[k]).max() for k in start) > 1e-3
+    # a checkpoint made from another start is not resumed silently
+    line = run_fails(rnn_train.main, ["--series", path, "--out_dir", tmp_path, "--steps", 2,
+                                      "--learning_rate", 1e-12] + RNN_FLAGS, capsys)
+    assert "--init_from" in line
+    line = run_fails(rnn_train.main, ["--series", path, "--out_dir", tmp_path / "shared", "--steps", 1,
+                                      "--init_from", source, "--mixture", "shared"] + RNN_FLAGS, capsys)
+    assert "has mixture per_dim, this run has shared" in line
+    line = run_fails(rnn_train.main, ["--series", path, "--out_dir", tmp_path / "none", "--steps", 1,
+                                      "--init_from", tmp_path / "missing.json"] + RNN_FLAGS, capsys)
+    assert "missing.json: no such file" in line
+
+
+def test_rnn_train_resumes_a_checkpoint_made_before_init_from(trained_rnn, series_file, tmp_path):
+    shutil.copytree(trained_rnn["out"] / "checkpoint", tmp_path / "checkpoint")
+    path = tmp_path / "checkpoint" / "rnn_checkpoint.npz"
+    with np.load(path) as ck:
+        data = {k: ck[k] for k in ck.files}
+    meta = json.loads(str(data["meta"]))
+    del meta["init_from"]
+    data["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **data)
+    report, text = run(rnn_train.main, ["--series", series_file[0], "--out_dir", tmp_path, "--steps", 7] + RNN_FLAGS)
+    assert report["resumed_from_step"] == 6 and report["steps_this_run"] == 1
+
+
 def test_training_windows_cover_episode_ends():
     """Windows padded after an episode's end; the last step keeps its reward and done."""
     class Fake(rnn_train.Series):
