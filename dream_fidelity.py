@@ -126,6 +126,41 @@ def dream(vae, rnn, episodes: list, temperature: float, rng: np.random.Generator
     return {"lengths": lengths, "dream_z": dream_z, "head_mask": head_mask, "reward": reward}
 
 
+def one_step_legality(vae, rnn, episodes: list, temperature: float, rng: np.random.Generator,
+                      chunk: int = 2000) -> dict:
+    """How often one step obeys the packing's rules (legal_moves), as V reads the real pictures.
+
+    "v": V's reading of a real frame and of the next one (the real action between them): the
+    ceiling for any dream drawn with this V. "m": M fed the real z and actions along each episode
+    (teacher-forced), one step sampled from a real state and read off its picture, against V's
+    reading of that real state: M's transition on its own, before any drift.
+    """
+    def read(z):
+        return np.concatenate([decode_pictures(vae.decode(z[i:i + chunk]), rnn.action_size)
+                               for i in range(0, len(z), chunk)])
+    v_ok, m_ok = [], []
+    lengths = np.array([len(ep["action"]) for ep in episodes])
+    T = int(lengths.max())
+    mu = [vae.encode_mu_logvar(ep["obs"][:n])[0] for ep, n in zip(episodes, lengths)]
+    logvar = [vae.encode_mu_logvar(ep["obs"][:1])[1] for ep in episodes]
+    z = np.zeros((len(episodes), T, rnn.z_size), np.float32)
+    actions = np.zeros((len(episodes), T), np.int64)
+    for i, (ep, n) in enumerate(zip(episodes, lengths)):
+        z[i, :n] = mu[i] if rnn.z_input == "mean" else rnn.first_z(mu[i], np.repeat(logvar[i], n, 0), rng)
+        actions[i, :n] = ep["action"]
+    h, c = rnn.initial_state(len(episodes))
+    sampled = np.zeros_like(z)                                  # [:, t]: M's sample of frame t + 1
+    for t in range(T - 1):
+        h, c, out = rnn.step(z[:, t], actions[:, t], h, c)
+        sampled[:, t] = rnn.sample_next_z(out, temperature, rng)
+    for i, n in enumerate(lengths):
+        seen = read(z[i, :n])
+        v_ok.append(legal_moves(seen[:-1], actions[i, :n - 1], seen[1:]))
+        m_ok.append(legal_moves(seen[:-1], actions[i, :n - 1], read(sampled[i, :n - 1])))
+    return {"v": float(np.concatenate(v_ok).mean()), "m": float(np.concatenate(m_ok).mean()),
+            "steps": int(sum(len(ok) for ok in v_ok))}
+
+
 def decoded_masks(vae, dream_z, lengths, upto: int, bin_size: int, chunk: int = 2000) -> np.ndarray:
     """Masks (E, upto, A) read from V's pictures of the dreamed z (only real frames decoded)."""
     E = len(lengths)
@@ -531,6 +566,7 @@ def main(argv=None):
     upto = max(horizons)
     decoded = decoded_masks(vae, d["dream_z"], d["lengths"], upto, rnn.action_size)
     rows = score(eps, d, decoded, horizons)
+    legality = one_step_legality(vae, rnn, eps, args.temperature, rng)
 
     real = np.array([ep["reward"].sum() for ep in eps])
     dreamed = np.array([d["reward"][i, :n].sum() for i, n in enumerate(d["lengths"])])
@@ -541,6 +577,8 @@ def main(argv=None):
               "mae": float(np.abs(real - dreamed).mean()), "correlation": corr,
               "real": real.tolist(), "dreamed": dreamed.tolist()}
     table = markdown(rows, totals)
+    table += (f"\nlegal moves of the packing, one step from each real state of these episodes ({legality['steps']} "
+              f"steps): V's reading of the real step {legality['v']:.1%}, M's sampled step {legality['m']:.1%}")
     print(table)
 
     ranking = None
@@ -578,7 +616,8 @@ def main(argv=None):
             ranking["coherence"] = c
     result = {"episodes": [episode_name(p) for p, _ in episodes], "episodes_source": source,
               "temperature": args.temperature, "seed": args.seed, "vae": args.vae, "rnn": args.rnn,
-              "skipped_files": skipped, "horizons": rows, "total_reward": totals, "table": table,
+              "skipped_files": skipped, "horizons": rows, "total_reward": totals, "one_step_legal": legality,
+              "table": table,
               "policy_ranking": ranking}
     atomic_write_json(args.out, result, indent=1)
     print(f"wrote {args.out}")

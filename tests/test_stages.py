@@ -402,6 +402,9 @@ def test_dream_fidelity_reports_horizons_within_the_episodes(installed, record, 
             assert 0 <= row[key] <= 1
     assert result["horizons"][1]["frames"] == 10 * len(result["episodes"])
     assert "| horizon k |" in text and "correlation" in text
+    legal = result["one_step_legal"]
+    assert legal["steps"] == 29 * len(result["episodes"]) and 0 <= legal["m"] <= 1 and 0 <= legal["v"] <= 1
+    assert "V's reading of the real step" in text
     assert json.loads(out.read_text())["total_reward"]["episodes"] == len(result["episodes"])
 
     assert result["policy_ranking"] is None
@@ -414,6 +417,35 @@ def test_dream_fidelity_reports_horizons_within_the_episodes(installed, record, 
                                          "--rnn", installed / "rnn" / "rnn.json", "--out", tmp_path / "c.json",
                                          "--no_provenance"] + no_ranking)
     assert split["episodes"] == result["episodes"] and "--holdout" in split["episodes_source"]
+
+
+def test_one_step_legality_is_exact_for_a_v_that_reads_pictures_exactly():
+    from bin_packing_environment import decode_pictures, encode_states
+    from rnn.rnn import MDNRNN, RNNNumpy
+
+    class ExactV:                         # z is the state itself: V reads and draws every picture exactly
+        def encode_mu_logvar(self, frames):
+            states = decode_pictures(frames).astype(np.float32)
+            return states, np.zeros_like(states)
+
+        def decode(self, z):
+            states = np.maximum(np.rint(z), 0).astype(np.int64)
+            states[:, -1] = np.minimum(states[:, -1], 9)
+            return encode_states(states)
+
+    env = BatchBinPacking("perfect_pack", num_envs=2, pictures=True)
+    obs = env.reset(episode_seeds(0, 2))
+    rng = np.random.default_rng(0)
+    frames, actions = [], []
+    for _ in range(20):
+        frames.append(obs["picture"])
+        actions.append(random_valid(obs["state"], obs["action_mask"], rng))
+        obs, _, _, _ = env.step(actions[-1])
+    episodes = [{"obs": np.stack(frames)[:, i], "action": np.stack(actions)[:, i]} for i in range(2)]
+    rnn = RNNNumpy.from_model(MDNRNN(z_size=31, hidden_size=8, mixture="shared", z_input="mean"))
+    legal = dream_fidelity.one_step_legality(ExactV(), rnn, episodes, 1.0, np.random.default_rng(0))
+    assert legal["steps"] == 2 * 19 and legal["v"] == 1.0      # an untrained M, though, breaks the rules
+    assert legal["m"] < 0.5
 
 
 def worst_fit(states, masks, rng=None):
