@@ -372,7 +372,10 @@ def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temper
     (the waste climbs) and offers moves the picture does not allow. A legal step is one whose
     picture shows exactly the bins that the previous picture and Best Fit's action lead to (an
     action the picture does not allow leaves that picture's bins as they were, so the step can
-    still be legal only if M leaves them too): how often M's transitions obey the rules.
+    still be legal only if M leaves them too): how often M's transitions obey the rules. The
+    pictured waste's change per step is split into what the actions explain (bin size - item for
+    a new bin, -item into an open one) and what the illegal steps add; the picture reward of
+    train.py --dream_reward picture is the sum of both.
     """
     from dream_env import BatchDream
     from model import Controller
@@ -380,7 +383,7 @@ def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temper
     best_fit = fixed_policies(controller)[:1]
     dream = BatchDream(rnn, initial_z, temperature, horizon, starts)
     obs = dream.reset(dreams, np.random.default_rng(seed))
-    rows, agree, invalid, new_bins, legal = [], [], [], [], []
+    rows, agree, invalid, new_bins, legal, explained, added = [], [], [], [], [], [], []
     for t in range(horizon + 1):
         states = decode_pictures(vae.decode(obs["z"]), rnn.action_size)
         pictured = action_masks(states)
@@ -389,6 +392,10 @@ def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temper
         if t > 0:
             legal.append(legal_moves(before, actions, states, allowed).mean())
             row["legal_step"] = float(legal[-1])
+            # the waste a legal step adds: bin size - item for a new bin, -item into an open one
+            by_actions = np.where(allowed, np.where(actions == 0, rnn.action_size - before[:, -1], -before[:, -1]), 0)
+            explained.append(by_actions.mean())
+            added.append((waste(states) - waste(before) - by_actions).mean())
         if t in COHERENCE_STEPS or t == horizon:
             rows.append(row)
         if t == horizon:
@@ -403,7 +410,9 @@ def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temper
         obs, _, _, _ = dream.step(actions)
     return {"dreams": dreams, "horizon": horizon, "temperature": temperature, "steps": rows,
             "mask_agrees": float(np.mean(agree)), "invalid_by_picture": float(np.mean(invalid)),
-            "new_bins_per_step": float(np.mean(new_bins)), "legal_steps": float(np.mean(legal))}
+            "new_bins_per_step": float(np.mean(new_bins)), "legal_steps": float(np.mean(legal)),
+            "waste_by_actions_per_step": float(np.mean(explained)),
+            "waste_by_illegal_steps_per_step": float(np.mean(added))}
 
 
 def coherence_markdown(c) -> str:
@@ -414,7 +423,8 @@ def coherence_markdown(c) -> str:
     lines.append(f"\nBest Fit in {c['dreams']} dreams of {c['horizon']} steps: M's mask equals the picture's on "
                  f"{c['mask_agrees']:.1%} of steps, {c['invalid_by_picture']:.1%} of its actions are invalid by the "
                  f"picture, {c['new_bins_per_step']:.3f} new bins per step; {c['legal_steps']:.1%} of its steps are legal moves "
-                 "of the packing")
+                 f"of the packing; per step the pictured waste changes by {c['waste_by_actions_per_step']:+.2f} "
+                 f"as the actions explain and {c['waste_by_illegal_steps_per_step']:+.2f} by the illegal steps")
     return "\n".join(lines)
 
 

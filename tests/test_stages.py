@@ -468,6 +468,10 @@ def test_dream_fidelity_ranks_fixed_policies(installed, record, tmp_path):
     assert 0 <= coherence["invalid_by_picture"] <= 1 and 0 <= coherence["new_bins_per_step"] <= 1
     assert 0 <= coherence["legal_steps"] <= 1 and "legal_step" not in coherence["steps"][0]
     assert all(0 <= r["legal_step"] <= 1 for r in coherence["steps"][1:])
+    # the two parts of the pictured waste's change add up to it
+    assert np.isfinite(coherence["waste_by_actions_per_step"] + coherence["waste_by_illegal_steps_per_step"])
+    change = (coherence["steps"][-1]["waste"] - coherence["steps"][0]["waste"]) / 10
+    assert abs(coherence["waste_by_actions_per_step"] + coherence["waste_by_illegal_steps_per_step"] - change) < 1e-6
     assert "does the dream stay a packing?" in text
     assert ranking == result["policy_ranking"]
     assert ranking["initial_z"] == str(installed / "initial_z" / "initial_z.json")   # beside rnn/, as in pipeline.py
