@@ -141,12 +141,12 @@ def one_step_legality(vae, rnn, episodes: list, temperature: float, rng: np.rand
     v_ok, m_ok = [], []
     lengths = np.array([len(ep["action"]) for ep in episodes])
     T = int(lengths.max())
-    mu = [vae.encode_mu_logvar(ep["obs"][:n])[0] for ep, n in zip(episodes, lengths)]
-    logvar = [vae.encode_mu_logvar(ep["obs"][:1])[1] for ep in episodes]
-    z = np.zeros((len(episodes), T, rnn.z_size), np.float32)
+    mu = np.zeros((len(episodes), T, rnn.z_size), np.float32)
+    z = np.zeros_like(mu)
     actions = np.zeros((len(episodes), T), np.int64)
     for i, (ep, n) in enumerate(zip(episodes, lengths)):
-        z[i, :n] = mu[i] if rnn.z_input == "mean" else rnn.first_z(mu[i], np.repeat(logvar[i], n, 0), rng)
+        mu[i, :n], logvar = vae.encode_mu_logvar(ep["obs"][:n])
+        z[i, :n] = rnn.first_z(mu[i, :n], logvar, rng)                  # V's z as M was trained on it
         actions[i, :n] = ep["action"]
     h, c = rnn.initial_state(len(episodes))
     sampled = np.zeros_like(z)                                  # [:, t]: M's sample of frame t + 1
@@ -154,7 +154,7 @@ def one_step_legality(vae, rnn, episodes: list, temperature: float, rng: np.rand
         h, c, out = rnn.step(z[:, t], actions[:, t], h, c)
         sampled[:, t] = rnn.sample_next_z(out, temperature, rng)
     for i, n in enumerate(lengths):
-        seen = read(z[i, :n])
+        seen = read(mu[i, :n])
         v_ok.append(legal_moves(seen[:-1], actions[i, :n - 1], seen[1:]))
         m_ok.append(legal_moves(seen[:-1], actions[i, :n - 1], read(sampled[i, :n - 1])))
     return {"v": float(np.concatenate(v_ok).mean()), "m": float(np.concatenate(m_ok).mean()),
