@@ -73,9 +73,12 @@ class BatchDream:
     """n dreams stepped together in numpy, begun from initial_z's first frames or from real states."""
 
     def __init__(self, rnn, initial_z: dict, temperature: float = 1.0, time_horizon: int = 1000,
-                 starts: dict | None = None, empty_start_fraction: float = 0.0):
+                 starts: dict | None = None, empty_start_fraction: float = 0.0, z_noise: float = 1.0):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        if z_noise < 0:
+            raise ValueError(f"z_noise must be >= 0, got {z_noise}")
+        self.z_noise = float(z_noise)           # scale of M's Gaussian noise (RNNNumpy.sample_next_z)
         if not 0.0 <= empty_start_fraction <= 1.0:
             raise ValueError(f"empty_start_fraction must be in [0, 1], got {empty_start_fraction}")
         if empty_start_fraction and starts is None:
@@ -124,7 +127,7 @@ class BatchDream:
         actions = np.asarray(actions)
         self.h, self.c, out = self.rnn.step(self.z, actions, self.h, self.c)
         reward = np.where(self.done, 0.0, out["reward"])
-        self.z = self.rnn.sample_next_z(out, self.temperature, self.rng)
+        self.z = self.rnn.sample_next_z(out, self.temperature, self.rng, self.z_noise)
         self.mask = (self.rnn.mask_prob(self.h, self.z) > 0.5).astype(np.uint8)
         self.mask[:, 0] = 1
         self.t += 1

@@ -50,7 +50,8 @@ from tqdm import tqdm
 from baselines import evaluate_policy
 from bin_packing_environment import PRESETS, action_masks, decode_pictures, place_items, waste
 from stages_common import (EpisodeReader, atomic_write_json, episode_name, fail, holdout_mask, int_list,
-                           non_negative_int, parse_fraction, positive_float, positive_int, require_file, sha256_file)
+                           non_negative_float, non_negative_int, parse_fraction, positive_float, positive_int,
+                           require_file, sha256_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="play every policy on the same random numbers, as train.py --common_random_numbers "
                         "gives CMA-ES's candidates, and report each policy's dreamed reward minus Best Fit's "
                         "dream by dream: how far apart can 16 dreams tell two candidates?")
+    p.add_argument("--z_noise", type=non_negative_float, default=1.0,
+                   help="scale of M's Gaussian noise in the closed-loop dreams (ranking, coherence), as train.py's")
     p.add_argument("--coherence_dreams", type=non_negative_int, default=200,
                    help="with the ranking on, Best Fit plays this many closed-loop dreams and every dreamed "
                         "picture is read: does the dream stay a packing? (0: off)")
@@ -282,7 +285,7 @@ def pairs_in_order(dream: np.ndarray, real: np.ndarray) -> float:
 
 
 def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_episodes: int, config,
-                  temperature: float = 1.0, seed: int = 0, vae=None, starts: dict | None = None,
+                  temperature: float = 1.0, seed: int = 0, vae=None, starts: dict | None = None, z_noise: float = 1.0,
                   picture_reward: bool = False, picture_every: int = 0, controllers: dict | None = None,
                   paired: bool = False) -> dict:
     """Best Fit vs Worst Fit in the dream (per horizon) and in the real env: same order?
@@ -324,7 +327,7 @@ def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_epis
     rng = np.random.default_rng(seed)
     rows = []
     for k in horizons:
-        dream = BatchDream(rnn, initial_z, temperature, k, starts)
+        dream = BatchDream(rnn, initial_z, temperature, k, starts, z_noise=z_noise)
         totals, _ = rollout_dream(controller, params, dream, dream_episodes, rng, common_random_numbers=paired,
                                   picture_vae=vae if picture_reward else None, picture_every=picture_every)
         means, spread = totals.mean(1), totals.std(1)
@@ -361,7 +364,7 @@ def legal_moves(before, actions, after, allowed=None) -> np.ndarray:
 
 
 def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temperature: float = 1.0,
-                    seed: int = 0, starts: dict | None = None) -> dict:
+                    seed: int = 0, starts: dict | None = None, z_noise: float = 1.0) -> dict:
     """Does a closed-loop dream stay a packing? Best Fit plays `dreams` dreams and every dreamed z
     is decoded (V, then decode_pictures) into the packing it shows.
 
@@ -381,7 +384,7 @@ def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temper
     from model import Controller
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     best_fit = fixed_policies(controller)[:1]
-    dream = BatchDream(rnn, initial_z, temperature, horizon, starts)
+    dream = BatchDream(rnn, initial_z, temperature, horizon, starts, z_noise=z_noise)
     obs = dream.reset(dreams, np.random.default_rng(seed))
     rows, agree, invalid, new_bins, legal, explained, added = [], [], [], [], [], [], []
     for t in range(horizon + 1):
@@ -613,14 +616,14 @@ def main(argv=None):
                                 args.ranking_real_episodes, config, args.temperature, args.seed, vae=vae,
                                 starts=starts, picture_reward=args.dream_reward == "picture",
                                 picture_every=args.picture_every, controllers=controllers,
-                                paired=args.ranking_paired)
-        ranking.update(initial_z=initial_z_path, preset=args.preset, dream_starts=args.dream_starts,
+                                paired=args.ranking_paired, z_noise=args.z_noise)
+        ranking.update(initial_z=initial_z_path, preset=args.preset, dream_starts=args.dream_starts, z_noise=args.z_noise,
                        dream_reward=args.dream_reward, picture_every=args.picture_every)
         ranking["table"] = ranking_markdown(ranking)
         print(ranking["table"])
         if args.coherence_dreams:
             c = dream_coherence(vae, rnn, initial_z, args.coherence_horizon, args.coherence_dreams,
-                                args.temperature, args.seed, starts)
+                                args.temperature, args.seed, starts, args.z_noise)
             c["table"] = coherence_markdown(c)
             print("\ndoes the dream stay a packing? (Best Fit, closed loop)\n" + c["table"])
             ranking["coherence"] = c

@@ -174,6 +174,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
 
 def int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
     """'100,10,100' -> [10, 100]: comma-separated integers >= minimum, sorted, each once."""

@@ -36,7 +36,7 @@ from stages_common import atomic_write_json, atomic_write_pickle, changed_flags,
 # Flags that define what CMA-ES optimises: a resumed run must keep them.
 OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature", "time_horizon", "preset",
                    "seed", "rnn", "initial_z", "dream_starts", "common_random_numbers", "dream_reward",
-                   "picture_every", "full_covariance", "empty_start_fraction")
+                   "picture_every", "full_covariance", "empty_start_fraction", "z_noise")
 
 
 def parse_args(argv=None):
@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--eval_steps", type=int, default=25, help="score the mean on the real env every N generations")
     p.add_argument("--eval_episodes", type=int, default=100, help="real episodes per evaluation (original: 1024)")
     p.add_argument("--temperature", type=float, default=1.0, help="dream temperature tau")
+    p.add_argument("--z_noise", type=float, default=1.0,
+                   help="scale of the Gaussian noise of M's next z (1: World Models; 0: the sampled component's mean)")
     p.add_argument("--time_horizon", type=int, default=None,
                    help="episode length while training (default: the preset's); evaluations use the preset's")
     p.add_argument("--eval_horizon", type=int, default=None,
@@ -92,6 +94,8 @@ def parse_args(argv=None):
         p.error("--picture_every needs --dream_reward picture")
     if args.weight_decay < 0:
         p.error(f"--weight_decay must be >= 0, got {args.weight_decay}")
+    if args.z_noise < 0:
+        p.error(f"--z_noise must be >= 0, got {args.z_noise}")
     if not 0 <= args.empty_start_fraction <= 1:
         p.error(f"--empty_start_fraction must be in [0, 1], got {args.empty_start_fraction}")
     if args.empty_start_fraction and not args.dream_starts:
@@ -169,7 +173,7 @@ class Scorer:
         if args.env == "dream":
             starts = load_dream_starts(args.dream_starts, self.rnn, args.rnn) if args.dream_starts else None
             self.dream = BatchDream(self.rnn, load_initial_z(args.initial_z), args.temperature, horizon, starts,
-                                    args.empty_start_fraction)
+                                    args.empty_start_fraction, args.z_noise)
 
     def score(self, solutions, generation, rank):
         """Mean reward per solution and the real-environment steps it consumed."""

@@ -364,14 +364,18 @@ class RNNNumpy:
         return _sigmoid(hidden @ self._mask_kernel + self._mask_bias)
 
     @staticmethod
-    def sample_next_z(out, temperature, rng):
+    def sample_next_z(out, temperature, rng, noise_scale: float = 1.0):
         """Sample z_{t+1} (n, z_size) from step()'s output, as in World Models.
 
         The temperature divides the mixture logits (then renormalised) and multiplies
-        the variance of each Gaussian; `rng` is a numpy Generator.
+        the variance of each Gaussian; `rng` is a numpy Generator. `noise_scale` (a departure,
+        1 in World Models) scales the Gaussian's spread alone: 0 gives the chosen component's
+        mean, so the next picture is M's guess for that component, not a blurred copy of it.
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        if noise_scale < 0:
+            raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
         logmix = out["logmix"] / temperature
         mix = np.exp(logmix - _logsumexp(logmix))
         # Inverse-CDF sampling of one mixture component per (sequence, dimension), or per
@@ -381,8 +385,8 @@ class RNNNumpy:
         pick = np.broadcast_to(component[..., None], out["mu"].shape[:2] + (1,))
         mu = np.take_along_axis(out["mu"], pick, axis=-1)[..., 0]
         logsigma = np.take_along_axis(out["logsigma"], pick, axis=-1)[..., 0]
-        noise = rng.standard_normal(mu.shape)
-        return (mu + np.exp(logsigma) * np.sqrt(temperature) * noise).astype(np.float32)
+        gauss = rng.standard_normal(mu.shape)          # drawn whatever the scale: the same stream
+        return (mu + np.exp(logsigma) * np.sqrt(temperature) * noise_scale * gauss).astype(np.float32)
 
 
 def _logsumexp(x):

@@ -93,6 +93,26 @@ def test_dream_is_reproducible_and_respects_the_horizon(models):
     assert (a == b).all()
 
 
+def test_dream_z_noise_scales_only_the_gaussian(models):
+    from dream_env import BatchDream, load_initial_z
+    from model import load_rnn
+    rnn, initial_z = load_rnn(models["rnn"]), load_initial_z(models["initial_z"])
+
+    def first_step(**kw):
+        dream = BatchDream(rnn, initial_z, 1.0, 5, **kw)
+        obs = dream.reset(6, np.random.default_rng(3))
+        h, c, out = rnn.step(obs["z"], np.zeros(6, int), obs["h"], dream.c)
+        return dream.step(np.zeros(6, int))[0]["z"], out
+    default, out = first_step()
+    same, _ = first_step(z_noise=1.0)
+    quiet, _ = first_step(z_noise=0.0)
+    assert np.array_equal(default, same) and not np.allclose(default, quiet)
+    # with no noise each dimension is one of M's component means
+    assert np.isclose(quiet[..., None], out["mu"], atol=1e-6).any(-1).all()
+    with pytest.raises(ValueError, match="z_noise must be >= 0"):
+        BatchDream(rnn, initial_z, 1.0, 5, z_noise=-0.5)
+
+
 def test_dream_gym_env(models):
     from dream_env import BinPackingDream
     env = BinPackingDream(models["rnn"], models["initial_z"], models["vae"], time_horizon=5)
@@ -198,6 +218,8 @@ def test_train_rejects_bad_flags(models, tmp_path):
     assert proc.returncode == 2 and "--empty_start_fraction needs --dream_starts" in proc.stderr
     proc = run(train_cmd(models, tmp_path, "--empty_start_fraction", "1.5"))
     assert proc.returncode == 2 and "--empty_start_fraction must be in [0, 1]" in proc.stderr
+    proc = run(train_cmd(models, tmp_path, "--z_noise", "-1"))
+    assert proc.returncode == 2 and "--z_noise must be >= 0" in proc.stderr
 
 
 def test_notebook_runs_headless_on_a_tiny_log(models, tmp_path):

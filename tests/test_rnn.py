@@ -173,6 +173,18 @@ def test_sample_next_z(model, sequences):
     with pytest.raises(ValueError, match="temperature"):
         rnn.sample_next_z(out, 0.0, np.random.default_rng(7))
 
+    # noise_scale 0: the mean of the component the same draws choose; 1 is World Models' sample
+    np.testing.assert_array_equal(sample, rnn.sample_next_z(out, 1.0, np.random.default_rng(7), noise_scale=1.0))
+    quiet = rnn.sample_next_z(out, 1.0, np.random.default_rng(7), noise_scale=0.0)
+    u = np.random.default_rng(7).random(out["logmix"].shape[:2] + (1,))
+    mix = np.exp(out["logmix"])
+    chosen = np.minimum((np.cumsum(mix, -1) < u).sum(-1), mix.shape[-1] - 1)
+    np.testing.assert_allclose(quiet, np.take_along_axis(out["mu"], chosen[..., None], -1)[..., 0], rtol=1e-6)
+    half = rnn.sample_next_z(out, 1.0, np.random.default_rng(7), noise_scale=0.5)
+    np.testing.assert_allclose(half - quiet, (sample - quiet) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="noise_scale"):
+        rnn.sample_next_z(out, 1.0, np.random.default_rng(7), noise_scale=-1.0)
+
 
 def test_sample_next_z_follows_the_mixture():
     # One dimension, two components with weights 0.2/0.8 at -10 and +10, sigma 1.
