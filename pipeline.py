@@ -9,7 +9,8 @@ rollouts (extract.py) -> V (vae_train.py) -> series.py -> M (rnn_train.py) -> co
 small from several seeds side by side, of which pick_controller.py keeps the best on validation)
 -> evaluation on the real env (model.py). tiny and small begin their dreams at recorded real states (M run
 along the recorded episodes; no new real steps) and score a dream by the waste of its decoded
-first and last pictures, with common random numbers (README: "Dreams begun at real states");
+first and last pictures, with common random numbers (README: "Dreams begun at real states")
+and without the Gaussian noise of M's next z (--z_noise 0: "A quieter dream");
 paper keeps the original's dreams from empty packings scored by M's reward head.
 A stage whose command and input files are unchanged since it last succeeded is skipped; a stage
 killed half way resumes, because every training script resumes from its own checkpoint; a stage
@@ -45,7 +46,7 @@ SCALES = {
                  vae_epochs=1, frames_per_episode=10, vae_lr=1e-3, kl_tolerance=4, rnn_steps=20,
                  seq_len=10, rnn_extra=SHARED_M, popsize=4, num_episode=2, generations=2, dream_horizon=10,
                  weight_decay=0.01, eval_steps=2, eval_episodes=2, eval_horizon=30, workers=1, final_episodes=3,
-                 starts_per_episode=5, dream_reward="picture", common_random_numbers=True,
+                 starts_per_episode=5, dream_reward="picture", common_random_numbers=True, z_noise=0.0,
                  c_seeds=2, fidelity_episodes=2, fidelity_extra=["--ranking_horizons", "10", "--ranking_episodes", "4",
                                                       "--ranking_real_episodes", "2", "--coherence_dreams", "8"]),
     "small": dict(rollouts=[(300, 0.2, "epsilon_best_fit"), (200, 0.5, "epsilon_best_fit"),
@@ -54,7 +55,7 @@ SCALES = {
                   rnn_extra=SHARED_M, popsize=64, num_episode=16, generations=30, dream_horizon=300,
                   weight_decay=400, eval_steps=2, eval_episodes=100, eval_horizon=None, workers=1, c_seeds=3,
                   final_episodes=1000, fidelity_episodes=20, starts_per_episode=100, dream_reward="picture",
-                  common_random_numbers=True),
+                  common_random_numbers=True, z_noise=0.0),
     "paper": dict(rollouts=[(6000, 0.2, "epsilon_best_fit"), (4000, 0.5, "epsilon_best_fit")], horizon=None,
                   vae_epochs=10, frames_per_episode=0,
                   vae_lr=1e-4, kl_tolerance=0.5, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16,
@@ -89,7 +90,8 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                     ] if s.get("starts_per_episode") else []
     starts_flag = ["--dream_starts", starts] if starts_stage else []
     dream_flags = ((["--dream_reward", s["dream_reward"]] if s.get("dream_reward", "m") != "m" else [])
-                   + (["--common_random_numbers"] if s.get("common_random_numbers") else []))
+                   + (["--common_random_numbers"] if s.get("common_random_numbers") else [])
+                   + (["--z_noise", str(s["z_noise"])] if "z_noise" in s else []))
     return [
         dict(name="rollouts", commands=rollouts, inputs=[], outputs=[j("record")], fresh=[j("record")]),
         dict(name="vae", commands=[[py, "vae_train.py", "--record_dir", j("record"), "--out_dir", j("tf_vae"),

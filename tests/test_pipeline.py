@@ -88,3 +88,13 @@ def test_pick_controller_keeps_the_best_validation_score_and_refuses_bad_runs(tm
     (tmp_path / "broken.json").write_text("{ not json")
     proc = run(paths[0], tmp_path / "broken.json", "--out", out)
     assert proc.returncode != 0 and "broken.json is not a train.py .best.json" in proc.stderr
+
+
+def test_small_scale_trains_c_with_the_shipped_dream_flags(tmp_path):
+    from pipeline import SCALES, stages
+    controller = next(st for st in stages(SCALES["small"], str(tmp_path), 0) if st["name"] == "controller")
+    for command in controller["parallel"]:
+        flags = " ".join(command)
+        for flag in ("--dream_reward picture", "--common_random_numbers", "--z_noise 0.0", "--time_horizon 300",
+                     "--weight_decay 400", "--dream_starts"):
+            assert flag in flags, flag
