@@ -31,7 +31,8 @@ import numpy as np
 
 from bin_packing_environment import PRESETS, episode_seeds, make_config
 from model import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
-from stages_common import atomic_write_json, atomic_write_pickle, changed_flags, non_negative_int, sha256_file
+from stages_common import (atomic_write_json, atomic_write_pickle, changed_flags, non_negative_float,
+                           non_negative_int, sha256_file)
 
 # Flags that define what CMA-ES optimises: a resumed run must keep them.
 OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature", "time_horizon", "preset",
@@ -53,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--eval_steps", type=int, default=25, help="score the mean on the real env every N generations")
     p.add_argument("--eval_episodes", type=int, default=100, help="real episodes per evaluation (original: 1024)")
     p.add_argument("--temperature", type=float, default=1.0, help="dream temperature tau")
-    p.add_argument("--z_noise", type=float, default=1.0,
+    p.add_argument("--z_noise", type=non_negative_float, default=1.0,
                    help="scale of the Gaussian noise of M's next z (1: World Models; 0: the sampled component's mean)")
     p.add_argument("--time_horizon", type=int, default=None,
                    help="episode length while training (default: the preset's); evaluations use the preset's")
@@ -94,8 +95,6 @@ def parse_args(argv=None):
         p.error("--picture_every needs --dream_reward picture")
     if args.weight_decay < 0:
         p.error(f"--weight_decay must be >= 0, got {args.weight_decay}")
-    if args.z_noise < 0:
-        p.error(f"--z_noise must be >= 0, got {args.z_noise}")
     if not 0 <= args.empty_start_fraction <= 1:
         p.error(f"--empty_start_fraction must be in [0, 1], got {args.empty_start_fraction}")
     if args.empty_start_fraction and not args.dream_starts:

@@ -219,7 +219,7 @@ def test_train_rejects_bad_flags(models, tmp_path):
     proc = run(train_cmd(models, tmp_path, "--empty_start_fraction", "1.5"))
     assert proc.returncode == 2 and "--empty_start_fraction must be in [0, 1]" in proc.stderr
     proc = run(train_cmd(models, tmp_path, "--z_noise", "-1"))
-    assert proc.returncode == 2 and "--z_noise must be >= 0" in proc.stderr
+    assert proc.returncode == 2 and "--z_noise: must be a number >= 0" in proc.stderr
 
 
 def test_notebook_runs_headless_on_a_tiny_log(models, tmp_path):
