@@ -35,7 +35,9 @@ The same real episodes are also fed to M step by step (V's z of each real pictur
 taken) and its predicted rewards summed: "M on the real episodes" tells M's one-step heads
 apart from the drift of the open-loop dream. Then Best Fit plays --coherence_dreams closed-loop
 dreams of --coherence_horizon steps, every dreamed picture read: does the dream stay a packing
-(M's mask equal to the mask its own picture shows, the pictured waste steady)?
+(M's mask equal to the mask its own picture shows, the pictured waste steady, each step a legal
+move of the packing)? Legal moves are also counted one step from each real state of the replayed
+episodes, for V alone (the ceiling of any dream) and for M's sampled step.
 Prints markdown tables and writes --out (JSON).
 """
 from __future__ import annotations
