@@ -163,26 +163,24 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
+def _finite_float(text: str, ok, requirement: str) -> float:
+    """argparse type: a finite number for which ok(value) holds, else an error naming `requirement`."""
     import argparse
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    if not np.isfinite(value) or not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return _finite_float(text, lambda v: v > 0, "a positive number")
 
 
 def non_negative_float(text: str) -> float:
-    import argparse
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not np.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
+    return _finite_float(text, lambda v: v >= 0, "a number >= 0")
 
 
 
