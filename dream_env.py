@@ -25,7 +25,7 @@ import gym
 import numpy as np
 from gym import spaces
 
-from model import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, load_rnn, load_vae
+from controller import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, load_rnn, load_vae
 
 
 def load_initial_z(path: str = DEFAULT_INITIAL_Z) -> dict:
@@ -250,17 +250,25 @@ class BinPackingDream(gym.Env):
             out["real_obs"] = self.vae.decode(obs["z"])[0]
         return out
 
+    def _info(self, obs) -> dict:
+        """With a VAE, the packing its decoded picture shows (what keyboard play draws and reads)."""
+        if self.vae is None:
+            return {}
+        from bin_packing_environment import decode_picture
+        return {"state": decode_picture(obs["real_obs"], self.action_space.n)}
+
     def reset(self, *, seed=None, return_info=False, options=None):
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         obs = self._obs(self.dream.reset(1, self._rng))
-        return (obs, {}) if return_info else obs
+        return (obs, self._info(obs)) if return_info else obs
 
     def step(self, action):
         if not 0 <= int(action) < self.action_space.n:
             raise ValueError(f"action must be in 0..{self.action_space.n - 1}, got {action}")
         obs, reward, done, info = self.dream.step([int(action)])
-        return self._obs(obs), float(reward[0]), bool(done[0]), {"done_prob": float(info["done_prob"][0])}
+        obs = self._obs(obs)
+        return obs, float(reward[0]), bool(done[0]), {"done_prob": float(info["done_prob"][0]), **self._info(obs)}
 
     def render(self, mode="rgb_array"):
         if self.vae is None:
@@ -277,11 +285,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=int, default=8)
     args = parser.parse_args(argv)
+    from play import play, require_display
+    require_display("dream_env.py")                  # one line and exit 1, not a crash, with no screen
     try:
         env = BinPackingDream(args.rnn, args.initial_z, args.vae, args.temperature)
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
-    from play import play
     play(env, seed=args.seed, scale=args.scale)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from baselines import random_valid_from_uniforms
 from bin_packing_environment import PRESETS, episode_seeds, preset_config
-from model import DEFAULT_RNN, DEFAULT_VAE, Controller, load_params, load_rnn, load_vae, rollout_real
+from controller import DEFAULT_RNN, DEFAULT_VAE, Controller, load_params, load_rnn, load_vae, rollout_real
 from stages_common import atomic_write_npz, fail, positive_int, require_file, sha256_file
 
 
@@ -115,7 +115,7 @@ def from_controller(args, rnn, rng) -> tuple[dict, int, str]:
 
 
 def from_series(args, rnn, rng) -> tuple[dict, int, str]:
-    from rnn_train import Series              # the one reader (and checker) of series.npz
+    from series import Series                 # the one reader (and checker) of series.npz
     series = Series(args.series)
     if series.z_size != rnn.z_size:
         raise ValueError(f"{args.series} holds z of size {series.z_size}, M expects {rnn.z_size}")

@@ -36,14 +36,14 @@ from stages_common import atomic_write_json
 # hour; paper: the original's scale for a big machine. Rollouts are (episodes, epsilon, policy).
 # tiny and small train M with one mixture component for the whole z (README: "Does the dream
 # stay a packing?") on rollouts around Best Fit and Sum of Squares ("What holds C at Best Fit").
-# small's V trains on the first 500 rollout files, the Best Fit ones, as the shipped V did: on
+# small's V trains on the first two rollout sets (500 files), the Best Fit ones, as the shipped V did: on
 # all 800 the same flags gave a weaker V and an agent 10 points below Best Fit (README, "The
 # whole pipeline"). A scale may set recon_loss="bce": a better V, but not a better agent in
 # the one small run made with it (README, "A sharper loss for V").
 SHARED_M = ["--mixture", "shared", "--num_mixtures", "16", "--z_input", "mean"]
 SCALES = {
     "tiny": dict(rollouts=[(4, 0.3, "epsilon_best_fit"), (2, 0.2, "epsilon_sum_of_squares")], horizon=30,
-                 vae_epochs=1, frames_per_episode=10, vae_lr=1e-3, kl_tolerance=4, rnn_steps=20,
+                 vae_epochs=1, frames_per_episode=10, vae_rollout_sets=1, vae_lr=1e-3, kl_tolerance=4, rnn_steps=20,
                  seq_len=10, rnn_extra=SHARED_M, popsize=4, num_episode=2, generations=2, dream_horizon=10,
                  weight_decay=0.01, eval_steps=2, eval_episodes=2, eval_horizon=30, workers=1, final_episodes=3,
                  starts_per_episode=5, dream_reward="picture", common_random_numbers=True, z_noise=0.0,
@@ -51,7 +51,7 @@ SCALES = {
                                                       "--ranking_real_episodes", "2", "--coherence_dreams", "8"]),
     "small": dict(rollouts=[(300, 0.2, "epsilon_best_fit"), (200, 0.5, "epsilon_best_fit"),
                             (300, 0.2, "epsilon_sum_of_squares")], horizon=None, vae_epochs=30, frames_per_episode=50,
-                  vae_max_episodes=500, vae_lr=5e-4, kl_tolerance=4, rnn_steps=4000, seq_len=100,
+                  vae_rollout_sets=2, vae_lr=5e-4, kl_tolerance=4, rnn_steps=4000, seq_len=100,
                   rnn_extra=SHARED_M, popsize=64, num_episode=16, generations=30, dream_horizon=300,
                   weight_decay=400, eval_steps=2, eval_episodes=100, eval_horizon=None, workers=1, c_seeds=3,
                   final_episodes=1000, fidelity_episodes=20, starts_per_episode=100, dream_reward="picture",
@@ -69,7 +69,9 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
     py = sys.executable
     j = lambda *p: os.path.join(w, *p)  # noqa: E731
     horizon = ["--time_horizon", str(s["horizon"])] if s["horizon"] else []
-    vae_cap = ["--max_episodes", str(s["vae_max_episodes"])] if s.get("vae_max_episodes") else []
+    # V trains on the first vae_rollout_sets rollout sets (by their seeds, not by file-name order)
+    vae_sets = (["--rollout_sets", ",".join(str(seed + 1 + k) for k in range(s["vae_rollout_sets"]))]
+                if s.get("vae_rollout_sets") else [])
     recon = ["--recon_loss", s["recon_loss"]] if s.get("recon_loss", "l2") != "l2" else []
     rollouts = [[py, "extract.py", "--episodes", str(n), "--policy", policy, "--epsilon", str(eps),
                  "--workers", "2", "--seed", str(seed + 1 + k), "--record_dir", j("record"), "--quiet", *horizon]
@@ -98,7 +100,7 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                                     "--epochs", str(s["vae_epochs"]), "--frames_per_episode",
                                     str(s["frames_per_episode"]), "--learning_rate", str(s["vae_lr"]),
                                     "--kl_tolerance", str(s["kl_tolerance"]),
-                                    *recon, *vae_cap,
+                                    *recon, *vae_sets,
                                     "--seed", str(seed)]],
              inputs=[j("record")], outputs=[j("tf_vae", "vae.json")], fresh=[j("tf_vae")]),
         dict(name="series", commands=[[py, "series.py", "--record_dir", j("record"), "--vae", j("tf_vae", "vae.json"),
@@ -114,7 +116,7 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                                      "--out_root", w]],
              inputs=[j("tf_vae", "vae.json"), j("tf_rnn", "rnn.json"), j("tf_rnn", "initial_z.json")],
              outputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")]),
-        dict(name="dream_fidelity", commands=[[py, "dream_fidelity.py", "--record_dir", j("record"),
+        dict(name="dream_fidelity", commands=[[py, "-m", "analysis.dream_fidelity", "--record_dir", j("record"),
                                                "--vae", j("vae", "vae.json"), "--rnn", j("rnn", "rnn.json"),
                                                "--episodes", str(s["fidelity_episodes"]),
                                                "--out", j("dream_fidelity.json"), "--seed", str(seed),

@@ -32,11 +32,18 @@ out_dir/rnn_report.json (held-out next-z NLL, reward MAE, mask and done accuracy
 run started again with the same flags continues from it and ends with the same weights.
 With `--init_from tf_rnn/rnn.json` a fresh run starts from that M's weights with a new optimizer,
 so a trained M can be trained on at a lower --learning_rate (its steps count from 0 again).
+
+--transition mlp (a departure; rnn/rnn.py) replaces the mixture heads by an item head on h and a
+deep MLP (--transition_layers x --transition_hidden, SiLU) on [z_t, one-hot a_t, one-hot next
+item] predicting z_{t+1} - z_t (MSE on V's means: it needs --z_input mean). The next item's label
+is the series' item key (series.py --item_frames: read off V's decoded pictures, never the
+recorded state); steps without a label (an episode's last, or no item in V's picture) get no z or
+item target. Its losses add z_mse and item_nll (z_nll is then the Gaussian NLL of the MLP's
+residuals under its learned noise scale), and the report's next-z NLL is for the true next item.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import time
@@ -44,18 +51,21 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from rnn.rnn import MIXTURES, Z_INPUTS, z_nll
+from rnn.rnn import MIXTURES, MLP_HPARAMS, TRANSITIONS, Z_INPUTS, z_nll
+from series import Series
 from stages_common import (atomic_write_json, atomic_write_npz, fail, holdout_mask, non_negative_int,
                            parse_fraction, positive_float, positive_int, read_checkpoint, require_file,
                            restore_optimizer, sha256_file)
 
 CHECKPOINT = os.path.join("checkpoint", "rnn_checkpoint.npz")
-SERIES_KEYS = ("mu", "logvar", "action", "reward", "done", "action_mask", "episode_lengths",
-               "episode_names", "vae_sha256")
 RESUME_FLAGS = ("seed", "seq_len", "batch_size", "learning_rate", "grad_clip", "hidden_size",
-                "num_mixtures", "mixture", "reward_scale", "holdout", "z_input", "init_from")
-ADDED_FLAGS = {"init_from": None}      # checkpoints written before the flag existed started from scratch
+                "num_mixtures", "mixture", "reward_scale", "holdout", "z_input", "init_from", "transition",
+                "transition_hidden", "transition_layers")
+# checkpoints written before the flag existed started from scratch / had M's mixture transition
+ADDED_FLAGS = {"init_from": None, "transition": "mdn", "transition_hidden": MLP_HPARAMS["transition_hidden"],
+               "transition_layers": MLP_HPARAMS["transition_layers"]}
 LOSS_KEYS = ("z_nll", "reward_mse", "done_bce", "mask_bce", "total")
+MLP_LOSS_KEYS = ("z_mse", "item_nll")      # added by --transition mlp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--z_input", choices=Z_INPUTS, default="sample",
                    help="z fed to and predicted by M: sampled from V's mu/logvar afresh for every batch (World "
                         "Models) or V's mean, the z the controller sees in the real environment")
+    p.add_argument("--transition", choices=TRANSITIONS, default="mdn",
+                   help="mdn: z_{t+1} from the mixture heads on h (World Models); mlp: an item head on h draws the "
+                        "next item and a deep MLP on [z, action, item] gives z_{t+1} - z_t (needs --z_input mean and "
+                        "a series with items: series.py --item_frames)")
+    p.add_argument("--transition_hidden", type=positive_int, default=MLP_HPARAMS["transition_hidden"],
+                   help="width of the mlp transition's layers")
+    p.add_argument("--transition_layers", type=positive_int, default=MLP_HPARAMS["transition_layers"],
+                   help="hidden layers of the mlp transition")
     p.add_argument("--reward_scale", type=positive_float, default=10.0, help="reward head predicts r / scale")
     p.add_argument("--holdout", type=parse_fraction, default=0.05,
                    help="share of episodes held out for the report, e.g. 5%% (same split as vae_train)")
@@ -92,85 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ---------------------------------------------------------------- data
-
-
-class Series:
-    """series.npz in memory (mu/logvar stay float16) with per-episode offsets."""
-
-    def __init__(self, path: str):
-        try:
-            with np.load(path) as data:
-                d = {k: data[k] for k in SERIES_KEYS if k in data.files}
-        except Exception as e:                # numpy's own errors (not a zip, truncated, ...) name no file
-            raise ValueError(f"cannot read series file {path}: {type(e).__name__}: {e}") from None
-        missing = [k for k in SERIES_KEYS if k not in d]
-        if missing:
-            raise ValueError(f"series file {path} lacks {missing}; make it with series.py")
-        self.lengths = d["episode_lengths"].astype(np.int64)
-        total = int(self.lengths.sum())
-        if len(self.lengths) == 0 or (self.lengths < 1).any():
-            raise ValueError(f"series file {path} has no episodes or empty ones")
-        for k in ("mu", "logvar", "action", "reward", "done", "action_mask"):
-            if len(d[k]) != total:
-                raise ValueError(f"series file {path}: {k} has {len(d[k])} rows, episode_lengths sum to {total}")
-        if d["mu"].ndim != 2 or d["mu"].shape != d["logvar"].shape or d["action_mask"].ndim != 2:
-            raise ValueError(f"series file {path}: mu/logvar must be (T, z) and action_mask (T, actions)")
-        if len(d["episode_names"]) != len(self.lengths):
-            raise ValueError(f"series file {path}: {len(d['episode_names'])} names for {len(self.lengths)} episodes")
-        self.mu, self.logvar = d["mu"], d["logvar"]
-        self.action = d["action"].astype(np.int32)
-        self.reward = d["reward"].astype(np.float32)
-        self.done = d["done"].astype(np.float32)
-        self.action_mask = d["action_mask"].astype(np.uint8)
-        self.names = [str(n) for n in d["episode_names"]]
-        self.vae_sha256 = str(d["vae_sha256"])
-        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
-        self.z_size, self.action_size = self.mu.shape[1], self.action_mask.shape[1]
-        if self.action.min() < 0 or self.action.max() >= self.action_size:
-            raise ValueError(f"series file {path}: actions outside 0..{self.action_size - 1}")
-
-    def fingerprint(self) -> str:
-        """Identifies the data (VAE and episodes) cheaply, to tie checkpoints to it."""
-        h = hashlib.sha256(self.vae_sha256.encode())
-        h.update("\n".join(self.names).encode())
-        h.update(self.lengths.tobytes())
-        return h.hexdigest()
-
-    def windows(self, pick, first, n_real, seq_len, rng, sample_z=True):
-        """Padded arrays (B, seq_len, ...) of episodes `pick` from step `first`, n_real real steps.
-
-        z is sampled from mu/logvar (or is mu itself without sample_z); next_z at step t is the z
-        used as input at t+1, or z_t on an episode's last step (see the module docstring); same for
-        next_masks.
-        """
-        L, off = self.lengths[pick][:, None], self.offsets[pick][:, None]
-        pos = np.asarray(first)[:, None] + np.arange(seq_len + 1)
-        gidx = off + np.minimum(pos, L - 1)
-        mu = self.mu[gidx].astype(np.float32)
-        zs = mu + np.exp(self.logvar[gidx].astype(np.float32) / 2) * rng.standard_normal(mu.shape, np.float32) \
-            if sample_z else mu
-        valid = np.arange(seq_len) < np.asarray(n_real)[:, None]
-        has_next = valid & (pos[:, 1:] < L)
-        cur = gidx[:, :seq_len]
-        nxt = np.where(has_next, gidx[:, 1:], cur)
-        return {"z": zs[:, :seq_len], "actions": self.action[cur], "rewards": self.reward[cur],
-                "dones": self.done[cur], "next_masks": self.action_mask[nxt].astype(np.float32),
-                "next_z": np.where(has_next[..., None], zs[:, 1:], zs[:, :seq_len]),
-                "weights": valid.astype(np.float32), "has_next": has_next}
-
-    def sample(self, episodes, batch_size, seq_len, rng, sample_z=True):
-        """A training batch: windows uniform over (episode, start), start in [-(seq_len-1), L-1]."""
-        L = self.lengths[episodes]
-        starts = L + seq_len - 1
-        pick = rng.choice(episodes, size=batch_size, p=starts / starts.sum())
-        L = self.lengths[pick]
-        raw = rng.integers(-(seq_len - 1), L)
-        first = np.maximum(raw, 0)
-        n_real = np.minimum(raw + seq_len, L) - first
-        return self.windows(pick, first, n_real, seq_len, rng, sample_z)
-
-
 # ---------------------------------------------------------------- evaluation
 
 
@@ -183,7 +122,7 @@ def evaluate(model, series: Series, episodes, seed: int, chunk: int = 16, sample
         pick = np.asarray(episodes[i:i + chunk])
         L = series.lengths[pick]
         w = series.windows(pick, np.zeros_like(L), L, int(L.max()), rng, sample_z)
-        p = model.predict(w["z"], w["actions"], w["next_z"])
+        p = model.predict(w["z"], w["actions"], w["next_z"], w.get("next_items"))
         valid, nxt = w["weights"] > 0, w["has_next"]
         nll = z_nll(p["logmix"], p["mu"], p["logsigma"], w["next_z"])       # (B, T), per z dim
         s["z_nll"] += float(nll[nxt].sum())
@@ -240,7 +179,8 @@ def init_weights(model, path):
     if not os.path.isfile(path):
         raise ValueError(f"--init_from {path}: no such file")
     hp, weights = read_json(path)
-    for key in ("z_size", "action_size", "hidden_size", "num_mixtures", "mixture", "z_input", "reward_scale"):
+    keys = ("z_size", "action_size", "hidden_size", "num_mixtures", "mixture", "z_input", "reward_scale", "transition")
+    for key in keys + (tuple(MLP_HPARAMS) if model.hp["transition"] == "mlp" else ()):
         if hp[key] != model.hp[key]:
             raise ValueError(f"--init_from {path} has {key} {hp[key]}, this run has {model.hp[key]}")
     model.set_weights(weights)
@@ -269,6 +209,11 @@ def main(argv=None):
         held = holdout_mask(series.names, args.holdout, args.seed)
     except ValueError as e:
         fail(parser, str(e))
+    if args.transition == "mlp" and args.z_input != "mean":
+        parser.error("--transition mlp needs --z_input mean (it learns z_{t+1} - z_t of V's means)")
+    if args.transition == "mlp" and series.item is None:
+        fail(parser, f"{args.series} has no item labels, which --transition mlp needs: "
+                     "run series.py with --item_frames (or --add_items)")
     train_eps, held_eps = np.flatnonzero(~held), np.flatnonzero(held)
     print(f"{len(series.names)} episodes ({int(series.lengths.sum())} steps) in {args.series}: "
           f"{len(train_eps)} for training, {len(held_eps)} held out; z_size {series.z_size}, "
@@ -280,7 +225,9 @@ def main(argv=None):
     model = MDNRNN(z_size=series.z_size, action_size=series.action_size, hidden_size=args.hidden_size,
                    num_mixtures=args.num_mixtures, mixture=args.mixture, z_input=args.z_input,
                    learning_rate=args.learning_rate, grad_clip=args.grad_clip, reward_scale=args.reward_scale,
-                   seed=args.seed)
+                   seed=args.seed, transition=args.transition, transition_hidden=args.transition_hidden,
+                   transition_layers=args.transition_layers,
+                   **({"num_items": max(int(series.item.max()), 1)} if args.transition == "mlp" else {}))
 
     meta = {k: getattr(args, k) for k in RESUME_FLAGS}
     meta["series"] = series.fingerprint()
@@ -302,7 +249,8 @@ def main(argv=None):
 
     eval_eps = held_eps[:args.eval_episodes]
     sample_z = args.z_input == "sample"
-    sums, count = np.zeros(len(LOSS_KEYS)), 0
+    loss_keys = LOSS_KEYS + (MLP_LOSS_KEYS if args.transition == "mlp" else ())
+    sums, count = np.zeros(len(loss_keys)), 0
     train_seconds, trained = 0.0, 0
     bar = tqdm(total=args.steps, initial=min(start_step, args.steps), desc="M steps", unit="step")
     for step in range(start_step, args.steps):
@@ -310,25 +258,26 @@ def main(argv=None):
                               sample_z=sample_z)
         t0 = time.time()
         losses = model.train_step(batch["z"], batch["actions"], batch["rewards"], batch["dones"],
-                                  batch["next_masks"], batch["next_z"], batch["weights"])
+                                  batch["next_masks"], batch["next_z"], batch["weights"], batch.get("next_items"))
         train_seconds += time.time() - t0
         trained += 1
-        sums += [losses[k] for k in LOSS_KEYS]
+        sums += [losses[k] for k in loss_keys]
         count += 1
         bar.update(1)
         bar.set_postfix(nll=f"{losses['z_nll']:.3f}", r=f"{losses['reward_mse']:.4f}",
-                        mask=f"{losses['mask_bce']:.4f}", sps=f"{trained / train_seconds:.2f}")
+                        mask=f"{losses['mask_bce']:.4f}", sps=f"{trained / train_seconds:.2f}",
+                        **({"mse": f"{losses['z_mse']:.4f}"} if "z_mse" in losses else {}))
         done_steps = step + 1
         checkpoint_now = done_steps % args.checkpoint_every == 0 or done_steps == args.steps
         eval_now = bool(args.eval_every) and done_steps % args.eval_every == 0
         if checkpoint_now or eval_now:
             # mean training losses since the last entry (+ held-out scores): the learning curve
-            entry = {"step": done_steps, **{k: round(float(v), 5) for k, v in zip(LOSS_KEYS, sums / count)}}
+            entry = {"step": done_steps, **{k: round(float(v), 5) for k, v in zip(loss_keys, sums / count)}}
             if eval_now:
                 entry["heldout"] = evaluate(model, series, eval_eps, args.seed, sample_z=sample_z)
                 bar.write(f"step {done_steps}: held-out {format_eval(entry['heldout'])}")
             history.append(entry)
-            sums, count = np.zeros(len(LOSS_KEYS)), 0
+            sums, count = np.zeros(len(loss_keys)), 0
         if checkpoint_now:
             save_checkpoint(ck_path, model, done_steps, meta, history)
     bar.close()

@@ -16,13 +16,25 @@ the first axis:
     episode_names    str     (E,)            record file names without .npz (the held-out split uses them)
     vae_sha256       str     ()              sha256 of the vae.json used, checked downstream
     record_dir       str     ()
+    item             int8    (T,)            only with --item_frames: the item size each frame's
+                                             picture shows as V reads it (0: none), for M's mlp
+                                             transition (rnn_train.py --transition mlp)
+    item_probe       str     ()              with item: the probe's report (JSON)
 
 Frames go through V --batch at a time; unusable episode files are skipped and counted. The
 encoding is deterministic (mu and logvar only), so there is no --seed.
+
+The item labels come from V alone, never from the recorded state: decoding every frame through
+V is too slow on a CPU (about 50 frames/s), so --item_frames frames drawn at random (a fixed
+seed) are decoded, their item read off V's picture (decode_pictures), and a softmax regression
+on mu (the probe) labels every frame; its accuracy on a fifth of the decoded frames it did not
+fit is printed and stored. --add_items adds the labels to an existing --out series without
+encoding it again.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -30,10 +42,98 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from stages_common import (EpisodeReader, atomic_write_npz, episode_name, fail, positive_int, require_file,
-                           sha256_file)
+from stages_common import (EpisodeReader, atomic_write_npz, episode_name, fail, non_negative_int, positive_int,
+                           require_file, sha256_file)
 
 PICTURE_SHAPE = [64, 64, 3]
+# What series.npz must hold (Series refuses a file without one of them).
+SERIES_KEYS = ("mu", "logvar", "action", "reward", "done", "action_mask", "episode_lengths",
+               "episode_names", "vae_sha256")
+OPTIONAL_KEYS = ("item",)         # absent from files written without --item_frames
+
+
+class Series:
+    """series.npz in memory (mu/logvar stay float16) with per-episode offsets."""
+
+    def __init__(self, path: str):
+        try:
+            with np.load(path) as data:
+                d = {k: data[k] for k in SERIES_KEYS + OPTIONAL_KEYS if k in data.files}
+        except Exception as e:                # numpy's own errors (not a zip, truncated, ...) name no file
+            raise ValueError(f"cannot read series file {path}: {type(e).__name__}: {e}") from None
+        missing = [k for k in SERIES_KEYS if k not in d]
+        if missing:
+            raise ValueError(f"series file {path} lacks {missing}; make it with series.py")
+        self.lengths = d["episode_lengths"].astype(np.int64)
+        total = int(self.lengths.sum())
+        if len(self.lengths) == 0 or (self.lengths < 1).any():
+            raise ValueError(f"series file {path} has no episodes or empty ones")
+        for k in ("mu", "logvar", "action", "reward", "done", "action_mask"):
+            if len(d[k]) != total:
+                raise ValueError(f"series file {path}: {k} has {len(d[k])} rows, episode_lengths sum to {total}")
+        if d["mu"].ndim != 2 or d["mu"].shape != d["logvar"].shape or d["action_mask"].ndim != 2:
+            raise ValueError(f"series file {path}: mu/logvar must be (T, z) and action_mask (T, actions)")
+        if len(d["episode_names"]) != len(self.lengths):
+            raise ValueError(f"series file {path}: {len(d['episode_names'])} names for {len(self.lengths)} episodes")
+        self.mu, self.logvar = d["mu"], d["logvar"]
+        self.action = d["action"].astype(np.int32)
+        self.reward = d["reward"].astype(np.float32)
+        self.done = d["done"].astype(np.float32)
+        self.action_mask = d["action_mask"].astype(np.uint8)
+        self.names = [str(n) for n in d["episode_names"]]
+        self.vae_sha256 = str(d["vae_sha256"])
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        self.z_size, self.action_size = self.mu.shape[1], self.action_mask.shape[1]
+        if self.action.min() < 0 or self.action.max() >= self.action_size:
+            raise ValueError(f"series file {path}: actions outside 0..{self.action_size - 1}")
+        self.item = d["item"].astype(np.int32) if "item" in d else None   # the item V reads in each frame
+        if self.item is not None and len(self.item) != total:
+            raise ValueError(f"series file {path}: item has {len(self.item)} rows, episode_lengths sum to {total}")
+
+    def fingerprint(self) -> str:
+        """Identifies the data (VAE and episodes) cheaply, to tie checkpoints to it."""
+        h = hashlib.sha256(self.vae_sha256.encode())
+        h.update("\n".join(self.names).encode())
+        h.update(self.lengths.tobytes())
+        return h.hexdigest()
+
+    def windows(self, pick, first, n_real, seq_len, rng, sample_z=True):
+        """Padded arrays (B, seq_len, ...) of episodes `pick` from step `first`, n_real real steps.
+
+        z is sampled from mu/logvar (or is mu itself without sample_z); next_z at step t is the z
+        used as input at t+1, or z_t on an episode's last step (see the module docstring); same for
+        next_masks. With the item key, next_items is the next frame's item size - 1 (-1 where
+        there is no next frame or V's picture shows no item).
+        """
+        L, off = self.lengths[pick][:, None], self.offsets[pick][:, None]
+        pos = np.asarray(first)[:, None] + np.arange(seq_len + 1)
+        gidx = off + np.minimum(pos, L - 1)
+        mu = self.mu[gidx].astype(np.float32)
+        zs = mu + np.exp(self.logvar[gidx].astype(np.float32) / 2) * rng.standard_normal(mu.shape, np.float32) \
+            if sample_z else mu
+        valid = np.arange(seq_len) < np.asarray(n_real)[:, None]
+        has_next = valid & (pos[:, 1:] < L)
+        cur = gidx[:, :seq_len]
+        nxt = np.where(has_next, gidx[:, 1:], cur)
+        out = {"z": zs[:, :seq_len], "actions": self.action[cur], "rewards": self.reward[cur],
+               "dones": self.done[cur], "next_masks": self.action_mask[nxt].astype(np.float32),
+               "next_z": np.where(has_next[..., None], zs[:, 1:], zs[:, :seq_len]),
+               "weights": valid.astype(np.float32), "has_next": has_next}
+        if self.item is not None:
+            out["next_items"] = np.where(has_next, self.item[nxt] - 1, -1)
+        return out
+
+    def sample(self, episodes, batch_size, seq_len, rng, sample_z=True):
+        """A training batch: windows uniform over (episode, start), start in [-(seq_len-1), L-1]."""
+        L = self.lengths[episodes]
+        starts = L + seq_len - 1
+        pick = rng.choice(episodes, size=batch_size, p=starts / starts.sum())
+        L = self.lengths[pick]
+        raw = rng.integers(-(seq_len - 1), L)
+        first = np.maximum(raw, 0)
+        n_real = np.minimum(raw + seq_len, L) - first
+        return self.windows(pick, first, n_real, seq_len, rng, sample_z)
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +144,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive_int, default=1000, help="frames per call to V")
     p.add_argument("--z_size", type=positive_int, default=32, help="the z size the VAE must have (World Models: 32)")
     p.add_argument("--max_episodes", type=positive_int, default=None, help="encode at most this many files")
+    p.add_argument("--item_frames", type=non_negative_int, default=0,
+                   help="decode this many frames through V to label every frame's item by a probe on mu (the "
+                        "item key, for rnn_train.py --transition mlp; 0: no item key; e.g. 6000)")
+    p.add_argument("--add_items", action="store_true",
+                   help="add the item key (--item_frames) to the existing --out series, encoded with --vae, "
+                        "instead of encoding the records again")
     return p
+
+
+def item_labels(vae, mu, bin_size: int, frames: int, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """The item (size, 0: none) of every frame as V's decoded picture shows it, int8 (T,).
+
+    `frames` rows of mu, drawn at random, are decoded (V, then decode_pictures); a softmax
+    regression (L-BFGS, a little L2) on standardised mu fitted to four fifths of them labels all
+    rows, and the remaining fifth gives its accuracy (the report)."""
+    from scipy.optimize import minimize
+
+    from bin_packing_environment import decode_pictures
+    rng = np.random.default_rng([seed, 3 << 20])
+    pick = rng.choice(len(mu), size=min(frames, len(mu)), replace=False)
+    read = decode_pictures(vae.decode(mu[pick].astype(np.float32)), bin_size)[:, -1]
+    classes = int(read.max()) + 1
+    center, scale = mu.astype(np.float32).mean(0), mu.astype(np.float32).std(0) + 1e-6
+
+    def features(m):
+        x = (np.asarray(m, np.float32) - center) / scale
+        return np.concatenate([x, np.ones((len(x), 1), np.float32)], 1).astype(np.float64)
+    fit = np.arange(len(pick)) % 5 != 0
+    x, y = features(mu[pick[fit]]), read[fit]
+    onehot = np.eye(classes)[y]
+
+    def loss(w):
+        logits = x @ w.reshape(x.shape[1], classes)
+        logits -= logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(1, keepdims=True)
+        nll = -np.log(np.maximum((p * onehot).sum(1), 1e-300)).mean() + 1e-4 * (w ** 2).sum()
+        return nll, (x.T @ (p - onehot) / len(x)).ravel() + 2e-4 * w
+    w = minimize(loss, np.zeros(x.shape[1] * classes), jac=True, method="L-BFGS-B",
+                 options={"maxiter": 2000}).x.reshape(x.shape[1], classes)
+    test = features(mu[pick[~fit]]) @ w
+    items = np.concatenate([(features(mu[i:i + 100_000]) @ w).argmax(1) for i in range(0, len(mu), 100_000)])
+    report = {"decoded_frames": int(len(pick)), "fitted": int(fit.sum()),
+              "heldout_accuracy": float((test.argmax(1) == read[~fit]).mean()) if (~fit).any() else None,
+              "items_read": np.bincount(read, minlength=classes).tolist(),
+              "items_labelled": np.bincount(items, minlength=classes).tolist()}
+    return items.astype(np.int8), report
 
 
 def check_vae_header(path: str, z_size: int):
@@ -112,9 +258,38 @@ def encode_all(vae, reader: EpisodeReader, paths: list, batch: int):
     return out, names, lengths
 
 
+def with_items(vae, arrays: dict, frames: int) -> dict:
+    """The arrays plus item and item_probe (item_labels), the probe's report printed."""
+    items, report = item_labels(vae, arrays["mu"], arrays["action_mask"].shape[1], frames)
+    print(f"item labels: a probe on mu fitted to {report['fitted']} frames decoded by V reads "
+          f"{100 * report['heldout_accuracy']:.2f}% of {report['decoded_frames'] - report['fitted']} others "
+          f"as V's picture does; labels per item size {report['items_labelled']}")
+    return {**arrays, "item": items, "item_probe": np.array(json.dumps(report))}
+
+
+def add_items(parser, args):
+    """--add_items: the existing --out series with the item key added, written in place."""
+    require_file(parser, args.out, "series file (--add_items)")
+    if not args.item_frames:
+        parser.error("--add_items needs --item_frames")
+    with np.load(args.out) as data:
+        arrays = {k: data[k] for k in data.files if k not in ("item", "item_probe")}
+    from vae.vae import ConvVAE
+    try:
+        vae = ConvVAE.from_json(args.vae)
+    except ValueError as e:
+        fail(parser, str(e))
+    if str(arrays.get("vae_sha256")) != sha256_file(args.vae):
+        fail(parser, f"{args.out} was not encoded with {args.vae}")
+    atomic_write_npz(args.out, **with_items(vae, arrays, args.item_frames))
+    print(f"added item labels to {args.out}")
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.add_items:
+        return add_items(parser, args)
     if not os.path.isdir(args.record_dir):
         fail(parser, f"record directory {args.record_dir} not found")
     require_file(parser, args.vae, "VAE file")
@@ -146,6 +321,8 @@ def main(argv=None):
     if not names:
         fail(parser, f"no usable episode files in {args.record_dir}")
     arrays = {k: np.concatenate(v) for k, v in out.items()}
+    if args.item_frames:
+        arrays = with_items(vae, arrays, args.item_frames)
     atomic_write_npz(args.out, **arrays, episode_lengths=np.array(lengths, np.int64),
                      episode_names=np.array(names), vae_sha256=np.array(vae_sha),
                      record_dir=np.array(os.path.abspath(args.record_dir)))

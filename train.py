@@ -30,9 +30,10 @@ import time
 import numpy as np
 
 from bin_packing_environment import PRESETS, episode_seeds, make_config
-from model import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
-from stages_common import (atomic_write_json, atomic_write_pickle, changed_flags, non_negative_float,
-                           non_negative_int, sha256_file)
+from controller import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
+from stages_common import (atomic_write_json, atomic_write_pickle, bounded_int, changed_flags, check_output_dir,
+                           episode_count, non_negative_float, non_negative_int, positive_float, positive_int,
+                           remove_stale_temps, seed_int, sha256_file)
 
 # Flags that define what CMA-ES optimises: a resumed run must keep them.
 OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature", "time_horizon", "preset",
@@ -43,27 +44,31 @@ OBJECTIVE_FLAGS = ("env", "popsize", "num_episode", "weight_decay", "temperature
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", choices=["dream", "real"], default="dream", help="where candidates are scored")
-    p.add_argument("--num_worker", type=int, default=1, help="MPI workers (1: no MPI; original: 64)")
-    p.add_argument("--popsize", type=int, default=64, help="CMA-ES population (original: 64)")
-    p.add_argument("--num_episode", type=int, default=16, help="episodes per candidate (original: 16)")
-    p.add_argument("--sigma_init", type=float, default=0.1, help="CMA-ES initial step size (original: 0.1)")
-    p.add_argument("--weight_decay", type=float, default=0.01,
+    p.add_argument("--num_worker", type=bounded_int(1, 4096), default=1, help="MPI workers (1: no MPI; original: 64)")
+    p.add_argument("--popsize", type=bounded_int(2, 10 ** 4), default=64,
+                   help="CMA-ES population (original: 64)")
+    p.add_argument("--num_episode", type=bounded_int(1, 10 ** 4), default=16,
+                   help="episodes per candidate (original: 16)")
+    p.add_argument("--sigma_init", type=positive_float, default=0.1, help="CMA-ES initial step size (original: 0.1)")
+    p.add_argument("--weight_decay", type=non_negative_float, default=0.01,
                    help="CMA-ES minimises -(reward - weight_decay * mean(params**2)), as the original's estool "
                         "CMAES (0.01); much larger values slow the controller's exploitation of M's errors")
-    p.add_argument("--generations", type=int, default=200, help="total generations (resumed runs count on)")
-    p.add_argument("--eval_steps", type=int, default=25, help="score the mean on the real env every N generations")
-    p.add_argument("--eval_episodes", type=int, default=100, help="real episodes per evaluation (original: 1024)")
-    p.add_argument("--temperature", type=float, default=1.0, help="dream temperature tau")
+    p.add_argument("--generations", type=positive_int, default=200, help="total generations (resumed runs count on)")
+    p.add_argument("--eval_steps", type=positive_int, default=25,
+                   help="score the mean on the real env every N generations")
+    p.add_argument("--eval_episodes", type=episode_count, default=100,
+                   help="real episodes per evaluation (original: 1024)")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="dream temperature tau")
     p.add_argument("--z_noise", type=non_negative_float, default=1.0,
                    help="scale of the Gaussian noise of M's next z (1: World Models; 0: the sampled component's mean)")
-    p.add_argument("--time_horizon", type=int, default=None,
+    p.add_argument("--time_horizon", type=positive_int, default=None,
                    help="episode length while training (default: the preset's); evaluations use the preset's")
-    p.add_argument("--eval_horizon", type=int, default=None,
+    p.add_argument("--eval_horizon", type=positive_int, default=None,
                    help="episode length of the real evaluations (default: the preset's)")
     p.add_argument("--full_covariance", action="store_true",
                    help="full CMA-ES (default: diagonal; a full 8,670^2 covariance is 600 MB and O(n^3) to update)")
     p.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--log_dir", default="log")
     p.add_argument("--vae", default=DEFAULT_VAE)
     p.add_argument("--rnn", default=DEFAULT_RNN)
@@ -80,28 +85,16 @@ def parse_args(argv=None):
     p.add_argument("--dream_starts", default=None,
                    help="begin each dream at a recorded real state (dream_starts.py) instead of an empty packing; "
                         "use with a short --time_horizon (e.g. 30)")
-    p.add_argument("--empty_start_fraction", type=float, default=0.0,
+    p.add_argument("--empty_start_fraction", type=non_negative_float, default=0.0,
                    help="with --dream_starts: share of dreams begun at the empty packing instead, so C sees "
                         "the start of an episode, rare among the recorded states (default 0)")
     args = p.parse_args(argv)
-    for name in ("num_worker", "popsize", "num_episode", "generations", "eval_steps", "eval_episodes"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.popsize < 2:
-        p.error("--popsize must be >= 2 for CMA-ES")
-    if args.sigma_init <= 0 or args.temperature <= 0:
-        p.error("--sigma_init and --temperature must be positive")
     if args.picture_every and args.dream_reward != "picture":
         p.error("--picture_every needs --dream_reward picture")
-    if args.weight_decay < 0:
-        p.error(f"--weight_decay must be >= 0, got {args.weight_decay}")
-    if not 0 <= args.empty_start_fraction <= 1:
+    if args.empty_start_fraction > 1:
         p.error(f"--empty_start_fraction must be in [0, 1], got {args.empty_start_fraction}")
     if args.empty_start_fraction and not args.dream_starts:
         p.error("--empty_start_fraction needs --dream_starts (without them every dream begins empty)")
-    for name in ("time_horizon", "eval_horizon"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1")
     return p, args
 
 
@@ -212,6 +205,26 @@ def new_state(args, num_params):
             "wall_s": 0.0, "real_steps": 0, "flags": vars(args), "inputs": input_hashes(args)}
 
 
+def resume_cma_draws(state: dict):
+    """Put the unpickled CMA-ES back on numpy's global generator, in the state it had when saved.
+
+    cma draws its candidates with np.random.randn, and its TPA step-size rule (CMAAdaptSigmaTPA,
+    which cma picks from 300 parameters on) draws np.random.randint from the same global generator
+    in every tell (check_consistency). Pickling es turns its np.random.randn into a private copy of
+    that generator: after a resume the candidates came from the copy while TPA's draws went to the
+    process's generator, so the candidates no longer skipped TPA's draws, and the run left the
+    uninterrupted one's path two generations on. The checkpoint keeps the global generator's state
+    ("np_random"); a resume restores it and binds es to it again, so nothing random is lost.
+    """
+    es = state["es"]
+    saved = state.get("np_random")
+    if saved is None:     # a checkpoint from before "np_random": its private copy was taken at the same moment
+        saved = es.opts["randn"].__self__.get_state()
+    np.random.set_state(saved)
+    es.opts["randn"] = np.random.randn
+    es.sm.randn = np.random.randn
+
+
 def input_hashes(args) -> dict:
     """The dream's files (M, its first frames, its start states): new content under the same path is
     another objective."""
@@ -237,17 +250,22 @@ def train(args, workers: Workers):
     state = None
     if workers.rank == 0:
         os.makedirs(args.log_dir, exist_ok=True)
+        for path in remove_stale_temps(paths.values()):
+            print(f"removed {path}, left by a killed run", flush=True)
         if os.path.exists(paths["es"]):
             with open(paths["es"], "rb") as f:
                 state = pickle.load(f)
             check_resume_flags(args, state, paths["es"])
             print(f"resuming from {paths['es']} at generation {state['generation']}", flush=True)
     scorer = Scorer(args, need_vae=(workers.rank == 0 or args.env == "real" or args.dream_reward == "picture"))
+    resumed = state is not None
     if workers.rank == 0 and state is None:
         state = new_state(args, scorer.controller.num_params)
     generation = workers.bcast(state["generation"] if state else None)
     bar = None
     if workers.rank == 0:
+        if resumed:
+            resume_cma_draws(state)          # last, so that nothing else draws from the restored generator
         from tqdm import tqdm
         bar = tqdm(total=args.generations, initial=generation, desc=f"CMA-ES in the {args.env}", unit="gen")
     while generation < args.generations:
@@ -286,6 +304,7 @@ def train(args, workers: Workers):
         atomic_write_json(paths["params"], [mean_params.round(4).tolist(), generation])
         atomic_write_json(paths["hist"], state["hist"])
         atomic_write_json(paths["hist_best"], state["hist_best"])
+        state["np_random"] = np.random.get_state()      # cma's generator (see resume_cma_draws)
         atomic_write_pickle(paths["es"], state)
         bar.set_postfix(mean=f"{fitness.mean():.1f}", best=f"{fitness.max():.1f}", sigma=f"{es.sigma:.3f}")
         bar.update(1)
@@ -304,6 +323,7 @@ def train(args, workers: Workers):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser, args = parse_args(argv)
+    check_output_dir(parser, args.log_dir, "--log_dir")
     for path in (args.rnn, args.initial_z, args.vae):
         if not os.path.exists(path):
             parser.error(f"{path} not found: train V and M first (vae_train.py, series.py, rnn_train.py, "

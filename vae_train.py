@@ -48,9 +48,9 @@ CHECKPOINT = os.path.join("checkpoint", "vae_checkpoint.npz")
 TARGETS = {"mask_exact": 0.99, "item_exact": 0.999}
 # Flags a checkpoint must share with the run that resumes it (they change the data or the model).
 RESUME_FLAGS = ("z_size", "seed", "batch_size", "learning_rate", "kl_tolerance", "frames_per_episode",
-                "shuffle_files", "holdout", "max_episodes", "recon_loss", "init_from")
+                "shuffle_files", "holdout", "max_episodes", "recon_loss", "init_from", "rollout_sets")
 # Resume flags added later, with the value a checkpoint written before them was made with.
-ADDED_FLAGS = {"recon_loss": "l2", "init_from": None}
+ADDED_FLAGS = {"recon_loss": "l2", "init_from": None, "rollout_sets": None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "at a lower --learning_rate); it must have the same --z_size and --recon_loss")
     p.add_argument("--max_episodes", type=positive_int, default=10000,
                    help="use at most this many episode files (the first by name); World Models: 10000")
+    p.add_argument("--rollout_sets", type=rollout_sets, default=None,
+                   help="use only the episodes of these rollout sets, e.g. 1,2: the --seed of the extract.py "
+                        "run that recorded them, which starts their file names (1_000000.npz); default: all")
     p.add_argument("--frames_per_episode", type=non_negative_int, default=0,
                    help="random frames per episode per epoch; 0 = all (World Models)")
     p.add_argument("--shuffle_files", type=positive_int, default=8,
@@ -88,6 +91,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------- data
+
+
+def rollout_sets(text: str) -> str:
+    """--rollout_sets as a canonical comma-separated list of non-negative integers."""
+    try:
+        sets = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated rollout seeds like 1,2, got {text!r}") from None
+    if not sets or min(sets) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative rollout seeds, got {text!r}")
+    return ",".join(str(x) for x in sorted(set(sets)))
+
+
+def select_files(paths: list, sets: str | None, max_episodes: int) -> list:
+    """The episode files V trains on: those of the chosen rollout sets (by the seed that begins
+    each file name, never by sort order: 10_* sorts before 8_*), then at most max_episodes."""
+    if sets is not None:
+        keep = set(sets.split(","))
+        paths = [p for p in paths if os.path.basename(p).split("_", 1)[0] in keep]
+    return paths[:max_episodes]
+
+
+def episodes_per_set(paths: list) -> dict:
+    """How many of V's episode files each rollout set gave (the report shows what V saw)."""
+    sets = [os.path.basename(p).split("_", 1)[0] for p in paths]
+    return {k: sets.count(k) for k in sorted(set(sets))}
 
 
 def epoch_batches(reader: EpisodeReader, files: list, seed: int, epoch: int, batch_size: int,
@@ -209,7 +238,7 @@ def main(argv=None):
         fail(parser, f"record directory {args.record_dir} not found (record episodes first, e.g. extract.py)")
 
     reader = EpisodeReader(args.record_dir)
-    paths = reader.paths[:args.max_episodes]
+    paths = select_files(reader.paths, args.rollout_sets, args.max_episodes)
     headers = reader.scan(paths)
     usable = [p for p in paths if p in headers]
     if len(usable) < 2:
@@ -291,6 +320,7 @@ def main(argv=None):
     fps = trained_frames / train_seconds if train_seconds else None
     report = {"vae": vae_path, "epochs": args.epochs, "epochs_completed": max(args.epochs, start_epoch),
               "resumed_from": resumed, "train_episodes": len(train_files),
+              "episodes_per_rollout_set": episodes_per_set(train_files + holdout_files),
               "heldout_episodes": [episode_name(p) for p in holdout_files], "skipped_files": skipped,
               "frames_trained_this_run": trained_frames,
               "train_frames_per_s": round(fps, 1) if fps else None,

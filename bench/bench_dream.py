@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dream_env import BatchDream, load_initial_z, rollout_dream  # noqa: E402
-from model import DEFAULT_INITIAL_Z, DEFAULT_RNN, Controller  # noqa: E402
+from controller import DEFAULT_INITIAL_Z, DEFAULT_RNN, Controller  # noqa: E402
 from rnn.rnn import RNNNumpy  # noqa: E402
 
 

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import baselines  # noqa: E402
 from bin_packing_environment import BatchBinPacking, decode_pictures, episode_seeds  # noqa: E402
-from model import load_rnn, load_vae  # noqa: E402
+from controller import load_rnn, load_vae  # noqa: E402
 
 OUT = os.path.join(ROOT, "docs")
 

@@ -9,7 +9,7 @@ import pytest
 
 import baselines
 from bin_packing_environment import PRESETS, episode_seeds
-from model import Controller
+from controller import Controller
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = dict(PRESETS["perfect_pack"], time_horizon=25)
@@ -61,7 +61,7 @@ def test_sampled_actions_follow_the_softmax_of_the_valid_logits():
 
 def test_controller_with_rising_bias_is_best_fit(models):
     """W = 0 and b increasing in the level: exactly Best Fit, through V and M on the real env."""
-    from model import load_rnn, load_vae, rollout_real
+    from controller import load_rnn, load_vae, rollout_real
     rnn, vae = load_rnn(models["rnn"]), load_vae(models["vae"])
     c = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     params = np.zeros(c.num_params)
@@ -73,7 +73,7 @@ def test_controller_with_rising_bias_is_best_fit(models):
 
 
 def test_load_params_checks_size(tmp_path):
-    from model import load_params
+    from controller import load_params
     path = tmp_path / "p.json"
     path.write_text(json.dumps([[0.0] * 5, 1.0]))
     with pytest.raises(ValueError, match="parameters"):
@@ -82,7 +82,7 @@ def test_load_params_checks_size(tmp_path):
 
 def test_dream_is_reproducible_and_respects_the_horizon(models):
     from dream_env import BatchDream, load_initial_z, rollout_dream
-    from model import load_rnn
+    from controller import load_rnn
     rnn = load_rnn(models["rnn"])
     dream = BatchDream(rnn, load_initial_z(models["initial_z"]), temperature=1.0, time_horizon=12)
     c = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
@@ -95,7 +95,7 @@ def test_dream_is_reproducible_and_respects_the_horizon(models):
 
 def test_dream_z_noise_scales_only_the_gaussian(models):
     from dream_env import BatchDream, load_initial_z
-    from model import load_rnn
+    from controller import load_rnn
     rnn, initial_z = load_rnn(models["rnn"]), load_initial_z(models["initial_z"])
 
     def first_step(**kw):
@@ -236,7 +236,8 @@ def test_notebook_runs_headless_on_a_tiny_log(models, tmp_path):
 
 
 def test_render_plays_one_episode_in_the_window(models):
-    from model import load_rnn, load_vae, render
+    from controller import load_rnn, load_vae
+    from model import render
     rnn, vae = load_rnn(models["rnn"]), load_vae(models["vae"])
     c = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     params = np.zeros(c.num_params)
@@ -282,7 +283,7 @@ def tiny_series(models, tmp_path_factory):
 
 def test_dream_starts_from_the_series_are_m_states_along_the_episodes(models, tiny_series, tmp_path):
     from dream_env import load_dream_starts
-    from model import load_rnn
+    from controller import load_rnn
     proc = run(starts_cmd(models, tmp_path / "s.npz", "--series", tiny_series, "--per_episode", "5"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     rnn = load_rnn(models["rnn"])
@@ -304,7 +305,7 @@ def test_dream_starts_from_the_series_are_m_states_along_the_episodes(models, ti
 
 
 def test_dream_starts_from_the_controller_count_their_real_steps(models, tmp_path):
-    from model import load_vae
+    from controller import load_vae
     params = tmp_path / "c.json"
     params.write_text(json.dumps([np.zeros(Controller(32, 16, 30).num_params).tolist(), 0.0]))
     proc = run(starts_cmd(models, tmp_path / "s.npz", "--controller", str(params), "--episodes", "3",
@@ -336,7 +337,7 @@ def test_epsilon_greedy_explores_only_valid_actions():
 
 def test_dream_begins_at_the_recorded_states(models, tiny_series, tmp_path):
     from dream_env import BatchDream, load_dream_starts, load_initial_z
-    from model import load_rnn
+    from controller import load_rnn
     assert run(starts_cmd(models, tmp_path / "s.npz", "--series", tiny_series, "--per_episode", "2")).returncode == 0
     rnn = load_rnn(models["rnn"])
     starts = load_dream_starts(str(tmp_path / "s.npz"), rnn, models["rnn"])
@@ -353,7 +354,7 @@ def test_dream_begins_at_the_recorded_states(models, tiny_series, tmp_path):
 
 def test_a_share_of_dreams_begins_at_the_empty_packing(models, tiny_series, tmp_path):
     from dream_env import BatchDream, CommonRandomNumbers, load_dream_starts, load_initial_z
-    from model import load_rnn
+    from controller import load_rnn
     assert run(starts_cmd(models, tmp_path / "s.npz", "--series", tiny_series, "--per_episode", "5")).returncode == 0
     rnn = load_rnn(models["rnn"])
     starts = load_dream_starts(str(tmp_path / "s.npz"), rnn, models["rnn"])
@@ -417,7 +418,7 @@ def test_dream_starts_rejects_bad_flags(models, tmp_path):
 
 def test_common_random_numbers_give_every_member_the_same_dreams(models):
     from dream_env import BatchDream, load_initial_z, rollout_dream
-    from model import load_rnn
+    from controller import load_rnn
     rnn = load_rnn(models["rnn"])
     dream = BatchDream(rnn, load_initial_z(models["initial_z"]), temperature=1.0, time_horizon=8)
     c = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
@@ -476,7 +477,7 @@ def test_rewards_telescope_to_the_waste_read_off_the_pictures():
 
 def test_picture_reward_of_a_dream_is_the_waste_difference(models):
     from dream_env import BatchDream, load_initial_z, picture_waste, rollout_dream
-    from model import load_rnn
+    from controller import load_rnn
     rnn = load_rnn(models["rnn"])
     states = np.zeros((40, 31), int)
     states[:, 1:30] = np.random.default_rng(0).integers(0, 4, size=(40, 29))
@@ -495,7 +496,7 @@ def test_picture_reward_of_a_dream_is_the_waste_difference(models):
 
 def test_picture_every_averages_the_waste_of_the_dreams_second_half(models):
     from dream_env import BatchDream, load_initial_z, picture_steps, picture_waste, rollout_dream
-    from model import load_rnn
+    from controller import load_rnn
     assert picture_steps(100, 0) == [100] and picture_steps(100, 5) == list(range(55, 101, 5))
     assert picture_steps(7, 2) == [5, 7]
     rnn = load_rnn(models["rnn"])

@@ -5,8 +5,8 @@ import pytest
 
 import baselines
 import bin_packing_environment as E
-import imitate
-from model import Controller, load_params
+from analysis import imitate
+from controller import Controller, load_params
 
 from test_controller import models  # noqa: F401  (the random V and small M on disk)
 

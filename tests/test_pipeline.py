@@ -13,7 +13,8 @@ def pipeline(work_dir, *extra):
 
 
 def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
-    proc = pipeline(tmp_path)
+    # seed 8: the rollout sets are 9 (Best Fit) and 10 (Sum of Squares), and "10_*" sorts before "9_*"
+    proc = pipeline(tmp_path, "--seed", "8")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.load(open(tmp_path / "pipeline_summary.json"))
     names = [s["stage"] for s in summary["stages"]]
@@ -26,19 +27,21 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
                  "log/binpacking.cma.2.4.best.json", "dream_fidelity.json", "starts/dream_starts.npz"):
         assert (tmp_path / path).exists(), path
     # C was trained from two seeds side by side and the one with the better validation score kept
-    runs = [json.load(open(tmp_path / "log" / f"seed{k}" / "binpacking.cma.2.4.best.json")) for k in (0, 1)]
+    runs = [json.load(open(tmp_path / "log" / f"seed{k}" / "binpacking.cma.2.4.best.json")) for k in (8, 9)]
     assert json.load(open(tmp_path / "log" / "binpacking.cma.2.4.best.json")) == max(runs, key=lambda r: r[1])
-    assert (tmp_path / "log" / "seed1" / "train.out").stat().st_size > 0
+    assert (tmp_path / "log" / "seed9" / "train.out").stat().st_size > 0
+    # V trained on the Best Fit rollout set only, whatever the file names' sort order
+    assert json.load(open(tmp_path / "tf_vae" / "vae_report.json"))["episodes_per_rollout_set"] == {"9": 4}
 
     # nothing changed: every stage is skipped
-    proc = pipeline(tmp_path)
+    proc = pipeline(tmp_path, "--seed", "8")
     assert proc.returncode == 0
     summary = json.load(open(tmp_path / "pipeline_summary.json"))
     assert all(s["status"] == "skipped" for s in summary["stages"])
 
     # --force redoes every stage from scratch: nothing resumes, the same seed gives the same agent
     best = (tmp_path / "log" / "binpacking.cma.2.4.best.json").read_text()
-    proc = pipeline(tmp_path, "--force")
+    proc = pipeline(tmp_path, "--seed", "8", "--force")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert all(s["status"] == "ran" for s in json.load(open(tmp_path / "pipeline_summary.json"))["stages"])
     assert "resuming" not in proc.stdout + proc.stderr
@@ -46,7 +49,7 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
 
     # a broken hand-off stops the pipeline at the stage that reads it, with its error
     (tmp_path / "tf_vae" / "vae.json").write_text("{ not json")
-    proc = pipeline(tmp_path)
+    proc = pipeline(tmp_path, "--seed", "8")
     assert proc.returncode == 1
     assert "stage series failed" in proc.stderr
 
@@ -98,3 +101,17 @@ def test_small_scale_trains_c_with_the_shipped_dream_flags(tmp_path):
         for flag in ("--dream_reward picture", "--common_random_numbers", "--z_noise 0.0", "--time_horizon 300",
                      "--weight_decay 400", "--dream_starts"):
             assert flag in flags, flag
+
+
+def test_v_data_is_picked_by_rollout_set_not_by_sort_order(tmp_path):
+    from pipeline import SCALES, stages
+    from vae_train import select_files
+    names = [f"{k}_{i:06d}.npz" for k in (1, 2, 3, 8, 9, 10) for i in range(3)]
+    paths = sorted(str(tmp_path / n) for n in names)                 # 10_* sorts before 1_*... and 8_*
+    for seed, sets in ((0, "1,2"), (7, "8,9")):
+        vae = next(st for st in stages(SCALES["small"], str(tmp_path), seed) if st["name"] == "vae")
+        command = vae["commands"][0]
+        assert command[command.index("--rollout_sets") + 1] == sets
+        picked = select_files(paths, sets, 10000)
+        assert sorted(os.path.basename(p)[:2] for p in picked) == sorted(f"{k}_" for k in sets.split(",") for _ in range(3))
+    assert len(select_files(paths, "8,9", 4)) == 4 and select_files(paths, None, 100) == paths

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import copy_models
-import dream_fidelity
+from analysis import dream_fidelity
 import rnn_train
 import series
 import vae_train
@@ -320,7 +320,7 @@ def test_rnn_train_resumes_a_checkpoint_made_before_init_from(trained_rnn, serie
 
 def test_training_windows_cover_episode_ends():
     """Windows padded after an episode's end; the last step keeps its reward and done."""
-    class Fake(rnn_train.Series):
+    class Fake(series.Series):
         def __init__(self):
             self.lengths = np.array([3, 5])
             self.offsets = np.array([0, 3])
@@ -587,7 +587,7 @@ def test_dream_fidelity_ranks_in_dreams_begun_at_real_states(installed, record, 
 
 def test_dream_fidelity_fixed_policies_score_the_same_without_v_and_m(installed):
     """fixed_policy skips V and M; with W = 0 that cannot change a real total."""
-    from model import Controller, load_rnn, load_vae, rollout_real
+    from controller import Controller, load_rnn, load_vae, rollout_real
     rnn, vae = load_rnn(str(installed / "rnn" / "rnn.json")), load_vae(str(installed / "vae" / "vae.json"))
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     params = dream_fidelity.fixed_policies(controller)
@@ -600,7 +600,7 @@ def test_dream_fidelity_fixed_policies_score_the_same_without_v_and_m(installed)
 
 def test_dream_fidelity_m_on_real_sums_m_rewards_along_the_real_episodes(installed):
     """Checked against M stepped by hand along Best Fit's real episodes (V's z, the actions taken)."""
-    from model import load_rnn, load_vae
+    from controller import load_rnn, load_vae
     rnn, vae = load_rnn(str(installed / "rnn" / "rnn.json")), load_vae(str(installed / "vae" / "vae.json"))
     config, n = dict(PRESETS["perfect_pack"], time_horizon=HORIZON), 3
     initial_z = {"mu": np.zeros((1, rnn.z_size), np.float32), "logvar": np.zeros((1, rnn.z_size), np.float32)}

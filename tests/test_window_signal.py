@@ -5,7 +5,7 @@ import pytest
 
 import baselines
 import bin_packing_environment as E
-import window_signal
+from analysis import window_signal
 
 SHORT = dict(E.PRESETS["perfect_pack"], time_horizon=80)
 

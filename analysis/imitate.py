@@ -8,7 +8,7 @@ states so far. This uses the real environment and a teacher, so it is *not* a Wo
 and is never shipped: it asks whether a controller as good as Sum of Squares exists in C's
 parameter space, which tells whether C or the dream limits the dream-trained agent.
 
-    python imitate.py [--teacher sum_of_squares --rounds 4 --episodes 32 --seed 0 --out runs/imitate/controller.json]
+    python -m analysis.imitate [--teacher sum_of_squares --rounds 4 --episodes 32 --seed 0 --out runs/imitate/controller.json]
 
 Each round prints the fitted C's mean reward on --validation_episodes real episodes (validation
 seed stream); --out gets the best round's parameters in the format model.py and dream_fidelity.py
@@ -23,8 +23,8 @@ import numpy as np
 
 from baselines import POLICIES, evaluate_policy
 from bin_packing_environment import PRESETS, episode_seeds, preset_config
-from dream_fidelity import fixed_policies
-from model import DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
+from analysis.dream_fidelity import fixed_policies
+from controller import DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
 from stages_common import atomic_write_json, positive_float, positive_int, require_file
 
 TEACHERS = ("best_fit", "sum_of_squares")

@@ -1,8 +1,8 @@
 """How faithful is the dream? Replay held-out real episodes open loop inside M and compare.
 
-    python dream_fidelity.py [--record_dir record --vae vae/vae.json --rnn rnn/rnn.json
-                              --episodes 20 --temperature 1.0 --seed 0 --out dream_fidelity.json
-                              --initial_z initial_z/initial_z.json --ranking_horizons 100,1000]
+    python -m analysis.dream_fidelity [--record_dir record --vae vae/vae.json --rnn rnn/rnn.json
+                                         --episodes 20 --temperature 1.0 --seed 0 --out dream_fidelity.json
+                                         --initial_z initial_z/initial_z.json --ranking_horizons 100,1000]
 
 The controller is trained only in the dream, so what matters is whether M, fed the actions a
 real episode took, imagines the packing that really happened. For each episode the dream starts
@@ -300,7 +300,7 @@ def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_epis
     difference from Best Fit: its mean, standard error and spread.
     """
     from dream_env import BatchDream, rollout_dream
-    from model import Controller, rollout_real
+    from controller import Controller, rollout_real
     from bin_packing_environment import episode_seeds
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     params = fixed_policies(controller)
@@ -383,7 +383,7 @@ def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temper
     train.py --dream_reward picture is the sum of both.
     """
     from dream_env import BatchDream
-    from model import Controller
+    from controller import Controller
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     best_fit = fixed_policies(controller)[:1]
     dream = BatchDream(rnn, initial_z, temperature, horizon, starts, z_noise=z_noise)
@@ -608,7 +608,7 @@ def main(argv=None):
             except ValueError as e:
                 fail(parser, str(e))
             print(f"the ranking dreams begin at the {len(starts['z'])} real states of {args.dream_starts}")
-        from model import Controller, load_params
+        from controller import Controller, load_params
         controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
         try:
             controllers = {path: load_params(path, controller) for path in args.ranking_controllers}

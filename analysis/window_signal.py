@@ -8,7 +8,7 @@ same window. Sum of Squares wins whole episodes by ~6 points, but it invests ear
 bins open at good levels), so short windows score it *below* Best Fit: an objective of that length
 cannot teach a controller to pack better than Best Fit, however faithful the dream.
 
-    python window_signal.py [--episodes 4000 --start_steps 200,500 --windows 30,100,300,500 --seed 0]
+    python -m analysis.window_signal [--episodes 4000 --start_steps 200,500 --windows 30,100,300,500 --seed 0]
 
 prints per start and window the mean and spread of (Sum of Squares - Best Fit) and the number of
 windows a candidate needs for that mean to stand two standard errors clear of zero, and writes

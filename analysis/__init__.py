@@ -1,0 +1,1 @@
+"""Diagnostics that no stage reads: run as `python -m analysis.<name>`."""
