@@ -10,6 +10,24 @@ Everything steps through one vectorised core, `BatchBinPacking`, which plays man
 independent episodes at once in numpy; the gym classes are thin views of a batch of
 one, so the single and batch environments cannot drift apart.
 
+What an invalid action does (an action at a level with no bin, or one the item overflows)
+is decided in one place, the core's `invalid_action` mode (INVALID_MODES); each gym class
+only picks its default mode, and any class takes `invalid_action=` to use another one:
+
+| class | observation | invalid action (default mode) |
+| --- | --- | --- |
+| BinPackingGymEnvironment (ORL) | state vector (B+1) | "penalty": reward -100 minus the last step's waste term, the episode ends |
+| BinPackingIncrementalWasteGymEnvironment (ORL) | state vector | "incremental": the same reward, the bins are unchanged, the item is dropped, the step counts and the episode goes on |
+| BinPackingNearActionGymEnvironment (ORL) | state vector | "nearest": replaced by the nearest existing bin the item fits (ties to the lower level), a new bin only when none fits; normal reward |
+| BinPackingContinuousActionEnv (ORL) | state vector | Box(0, 1) action, clipped, int(a * (B - 1)), then "nearest" |
+| BinPackingActionMaskGymEnvironment (ORL) | {"action_mask", "real_obs": state} | "nearest" (ORL subclasses the near-action environment) |
+| BinPacking2DMaskGymEnvironment (World Models, not ORL) | {"action_mask", "real_obs": 64x64x3 picture} | "penalty" |
+
+The last step's waste term is B - item after a new bin, -item after an insertion and 0 at the
+start, so the penalty is -100 - (B - item), -100 + item or -100. An action index outside
+0..B-1 is an error in every mode. ORL's config names the capacity `bag_capacity`; `make_config`
+takes it as well as our `bin_size`.
+
 The picture (64x64x3 uint8), see `encode_state`:
 - rows 60..63 (bottom): the arriving item as a 6x4 box at x = 6*(size-1), coloured by size;
 - band h (h = 1..29) is the two rows 60-2h .. 61-2h; rows 0..1 stay empty. Bands never overlap.
@@ -55,6 +73,13 @@ DEFAULT_PRESET = "perfect_pack"
 # Penalty of ORL's base environment for an invalid action (the episode then ends).
 INVALID_ACTION_PENALTY = -100.0
 
+# Longest episode a config may ask for: the core draws each episode's whole item stream up front
+# (8 bytes an item), so longer ones cannot fit in memory anyway. reset() also checks the batch's
+# streams against the memory available.
+MAX_TIME_HORIZON = 10 ** 9
+# Most seeds episode_seeds hands out in one call (8 bytes each).
+MAX_EPISODE_SEEDS = 10 ** 8
+
 # Independent seed streams, so that evaluation never replays an episode training saw.
 # "validation" picks checkpoints during training; "eval" is kept for final scores only.
 SEED_STREAMS = {"train": 0, "eval": 1, "rollout": 2, "play": 3, "validation": 4, "starts": 5}
@@ -79,6 +104,9 @@ class BinPackingConfig:
             bad("bin_size", f"must be an integer >= 2, got {self.bin_size!r}")
         if not _is_integer(self.time_horizon) or isinstance(self.time_horizon, bool) or self.time_horizon < 1:
             bad("time_horizon", f"must be an integer >= 1, got {self.time_horizon!r}")
+        if self.time_horizon > MAX_TIME_HORIZON:
+            bad("time_horizon", f"must be at most {MAX_TIME_HORIZON:.0e} (each episode's items are drawn up front, "
+                                f"8 bytes each), got {self.time_horizon!r}")
         sizes, probs = list(self.item_sizes), list(self.item_probabilities)
         if not sizes:
             bad("item_sizes", "must not be empty")
@@ -120,7 +148,11 @@ def preset_config(preset: str, time_horizon: int | None = None) -> dict:
 
 
 def make_config(config=None) -> BinPackingConfig:
-    """Accept a preset name, a dict of fields (missing ones from perfect_pack) or a config."""
+    """Accept a preset name, a dict of fields (missing ones from perfect_pack) or a config.
+
+    A dict may name the capacity as ORL does, `bag_capacity`, instead of `bin_size`; giving both
+    is fine when they agree and a ValueError naming both when they do not.
+    """
     if config is None:
         config = DEFAULT_PRESET
     if isinstance(config, BinPackingConfig):
@@ -130,11 +162,25 @@ def make_config(config=None) -> BinPackingConfig:
             raise ValueError(f"unknown preset {config!r}; choose one of {sorted(PRESETS)}")
         return BinPackingConfig(**PRESETS[config])
     if isinstance(config, Mapping):
-        unknown = set(config) - {f.name for f in dataclasses.fields(BinPackingConfig)}
+        config = dict(config)
+        unknown = set(config) - {f.name for f in dataclasses.fields(BinPackingConfig)} - {"bag_capacity"}
         if unknown:
             raise ValueError(f"invalid bin packing config: unknown field(s) {sorted(unknown)}")
+        if "bag_capacity" in config:
+            capacity = config.pop("bag_capacity")
+            if "bin_size" in config and not _same_value(config["bin_size"], capacity):
+                raise ValueError(f"invalid bin packing config: bin_size={config['bin_size']!r} and "
+                                 f"bag_capacity={capacity!r} (ORL's name for bin_size) disagree")
+            config["bin_size"] = capacity
         return BinPackingConfig(**{**PRESETS[DEFAULT_PRESET], **config})
     raise ValueError(f"config must be a preset name, a dict or a BinPackingConfig, got {type(config).__name__}")
+
+
+def _same_value(a, b) -> bool:
+    try:
+        return bool(a == b) and isinstance(a, bool) == isinstance(b, bool)
+    except Exception:  # e.g. arrays: not a capacity anyway, BinPackingConfig will say so
+        return False
 
 
 def episode_seeds(seed, n: int, stream: str = "train") -> np.ndarray:
@@ -144,6 +190,10 @@ def episode_seeds(seed, n: int, stream: str = "train") -> np.ndarray:
     """
     if stream not in SEED_STREAMS:
         raise ValueError(f"unknown seed stream {stream!r}; choose one of {sorted(SEED_STREAMS)}")
+    if not _is_integer(n) or isinstance(n, bool) or not 0 <= n <= MAX_EPISODE_SEEDS:
+        raise ValueError(f"episode_seeds: n (the number of seeds) must be an integer in 0..{MAX_EPISODE_SEEDS:.0e}, "
+                         f"got {n!r}")
+    n = int(n)
     entropy = [int(s) for s in seed] if isinstance(seed, (tuple, list)) else int(seed)
     ss = np.random.SeedSequence(entropy=entropy, spawn_key=(SEED_STREAMS[stream],))
     return ss.generate_state(n, dtype=np.uint64)
@@ -387,10 +437,48 @@ def list_episodes(record_dir: str) -> list[str]:
 
 # ---------------------------------------------------------------- the vectorised core
 
-INVALID_MODES = ("error", "penalty", "nearest")
+# What an invalid action does (see the module docstring's table):
+#   "error": ValueError; "penalty": reward -100 minus the last step's waste term, the episode ends;
+#   "incremental": the same reward, the bins stay as they are, the item is dropped, the step counts
+#   and the episode goes on; "nearest": the nearest valid action (`nearest_valid`) is played instead.
+INVALID_MODES = ("error", "penalty", "incremental", "nearest")
+
+
+def check_invalid_mode(invalid_action) -> str:
+    if not isinstance(invalid_action, str) or invalid_action not in INVALID_MODES:
+        raise ValueError(f"invalid_action must be one of {', '.join(map(repr, INVALID_MODES))}, "
+                         f"got {invalid_action!r}")
+    return invalid_action
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux MemAvailable, else free pages), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_item_memory(num_envs: int, time_horizon: int):
+    """Refuse, naming time_horizon, a batch whose item streams cannot fit in memory."""
+    need = 8 * num_envs * time_horizon + 24 * time_horizon      # the streams, and one draw's temporaries
+    available = _available_memory()
+    if available is not None and need > available:
+        raise ValueError(f"time_horizon={time_horizon} with num_envs={num_envs} needs {need / 2 ** 30:.1f} GiB "
+                         f"for the item streams, more than the {available / 2 ** 30:.1f} GiB available; "
+                         f"use a shorter time_horizon or fewer episodes")
 
 
 def _check_actions(actions, n: int, num_actions: int) -> np.ndarray:
+    if isinstance(actions, (bool, np.bool_)):
+        raise ValueError(f"action must be an integer level 0..{num_actions - 1}, got the bool {actions!r}")
     arr = np.asarray(actions)
     if arr.ndim == 0:
         arr = arr[None]
@@ -399,7 +487,9 @@ def _check_actions(actions, n: int, num_actions: int) -> np.ndarray:
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise ValueError(f"actions must be integers, got {arr.tolist()[:8]}")
-    elif arr.dtype.kind not in "iub":
+    elif arr.dtype.kind == "b":
+        raise ValueError(f"actions must be integer levels 0..{num_actions - 1}, got bools {arr.tolist()[:8]}")
+    elif arr.dtype.kind not in "iu":
         raise ValueError(f"actions must be integers, got dtype {arr.dtype}")
     arr = arr.astype(np.int64)
     if np.any(arr < 0) or np.any(arr >= num_actions):
@@ -409,10 +499,13 @@ def _check_actions(actions, n: int, num_actions: int) -> np.ndarray:
 
 
 def nearest_valid(actions: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """The valid action closest to each requested one (ties go to the lower level)."""
-    dist = np.abs(np.arange(masks.shape[1]) - actions[:, None]).astype(np.float64)
-    dist[masks == 0] = np.inf
-    return dist.argmin(-1)
+    """ORL's replacement for an invalid action: the level closest to it among the existing bins
+    the item fits (masks[:, 1:]), ties to the lower level; 0 (a new bin) only where no existing
+    bin fits. Action 0 is never a candidate otherwise, however close."""
+    fits = np.asarray(masks)[:, 1:] != 0
+    dist = np.abs(np.arange(1, fits.shape[1] + 1) - np.asarray(actions)[:, None]).astype(np.float64)
+    dist[~fits] = np.inf
+    return np.where(fits.any(-1), dist.argmin(-1) + 1, 0)      # argmin: the first (lowest) of equals
 
 
 def place_items(states, actions, act=None) -> tuple[np.ndarray, np.ndarray]:
@@ -440,27 +533,40 @@ def place_items(states, actions, act=None) -> tuple[np.ndarray, np.ndarray]:
 class BatchBinPacking:
     """Many independent episodes stepped together; the one implementation of the rules.
 
-    invalid_action: "error" raises ValueError, "penalty" ends that episode with ORL's
-    penalty, "nearest" replaces the action with the nearest valid one.
-    Finished episodes stay frozen (reward 0) until the next reset.
+    invalid_action (one of INVALID_MODES) is the one place that decides what an invalid action
+    does: "error" raises ValueError; "penalty" ends that episode with reward -100 minus the last
+    step's waste term (ORL's base environment); "incremental" gives the same reward but leaves the
+    bins as they are, drops the item, counts the step and goes on (ORL's incremental-waste
+    environment); "nearest" plays `nearest_valid` instead (ORL's near-action environment).
+    Finished episodes stay frozen (reward 0) until the next reset. info["action"] is the action
+    played (after a "nearest" replacement), info["valid"] whether the requested one was valid.
     """
 
     def __init__(self, config=None, num_envs: int = 1, pictures: bool = False, invalid_action: str = "error"):
         self.config = make_config(config)
-        if invalid_action not in INVALID_MODES:
-            raise ValueError(f"invalid_action must be one of {INVALID_MODES}, got {invalid_action!r}")
-        if not _is_integer(num_envs) or num_envs < 1:
+        check_invalid_mode(invalid_action)
+        if not _is_integer(num_envs) or isinstance(num_envs, bool) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        _check_item_memory(int(num_envs), self.config.time_horizon)
         if pictures and (self.config.bin_size - 1 > MAX_LEVELS or max(self.config.item_sizes) > MAX_ITEM_SIZE):
             raise ValueError(f"pictures need bin_size <= {MAX_LEVELS + 1} and items <= {MAX_ITEM_SIZE}")
         self.num_envs, self.pictures, self.invalid_action = int(num_envs), pictures, invalid_action
         self.states = None
 
     def reset(self, seeds: Sequence[int]):
-        seeds = np.asarray(seeds).reshape(-1)
+        if isinstance(seeds, np.ndarray) and seeds.dtype.kind in "iu" and seeds.ndim == 1:
+            bad = np.flatnonzero(seeds < 0)
+        else:
+            seeds = np.asarray(seeds, dtype=object).reshape(-1)
+            bad = [i for i, s in enumerate(seeds) if not _is_integer(s) or isinstance(s, (bool, np.bool_)) or s < 0]
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"reset: seeds[{i}] must be a non-negative integer (one seed per episode), "
+                             f"got {seeds[i]!r}")
         if len(seeds) != self.num_envs:
             raise ValueError(f"reset needs {self.num_envs} seeds, got {len(seeds)}")
         cfg = self.config
+        _check_item_memory(self.num_envs, cfg.time_horizon)
         sizes, probs = np.array(cfg.item_sizes), np.array(cfg.item_probabilities)
         # The whole item stream is drawn up front from each episode's own generator.
         self.items = np.stack([np.random.default_rng(int(s)).choice(sizes, size=cfg.time_horizon, p=probs)
@@ -493,14 +599,16 @@ class BatchBinPacking:
         masks = self.masks
         valid = masks[rows, actions].astype(bool)
         invalid = live & ~valid
+        requested_valid = ~invalid & live
+        mode = self.invalid_action
         if invalid.any():
-            if self.invalid_action == "error":
+            if mode == "error":
                 bad = np.flatnonzero(invalid)[0]
                 raise ValueError(f"invalid action {actions[bad]} for item {item[bad]} with counts "
                                  f"{self.states[bad, 1:B].tolist()} (episode {bad})")
-            if self.invalid_action == "nearest":
+            if mode == "nearest":
                 actions = np.where(invalid, nearest_valid(actions, masks), actions)
-                invalid[:] = False
+                invalid = np.zeros_like(invalid)
         act = live & ~invalid
         new_bin = actions == 0
         reward = np.where(new_bin, -(B - item), item).astype(np.float64)
@@ -508,13 +616,15 @@ class BatchBinPacking:
         reward = np.where(invalid, INVALID_ACTION_PENALTY + self.last_reward, np.where(act, reward, 0.0))
         self.last_reward = np.where(act, reward, self.last_reward)
         self.t += 1
-        ended = invalid | (self.t >= self.config.time_horizon)
+        ended = self.t >= self.config.time_horizon
+        if mode == "penalty":
+            ended = ended | invalid
         self.done |= ended
         next_item = self.items[:, self.t] if self.t < self.config.time_horizon else 0
         self.states[:, -1] = np.where(self.done, 0, next_item)
         if self.pictures:
             self._redraw(rows[live], actions[live], target[live], new_bin[live])
-        info = {"waste": waste(self.states), "valid": ~invalid & live}
+        info = {"waste": waste(self.states), "valid": requested_valid, "action": actions}
         return self.observation(), reward, self.done.copy(), info
 
     def _redraw(self, rows, actions, target, new_bin):
@@ -534,14 +644,19 @@ class BatchBinPacking:
 # ---------------------------------------------------------------- gym environments
 
 class _BinPackingGymBase(gym.Env):
-    """A gym view of a batch of one episode; subclasses only choose the observation."""
+    """A gym view of a batch of one episode; subclasses only choose the observation and the
+    default `invalid_action` mode, which the constructor's invalid_action= overrides (the core
+    decides what each mode does)."""
 
     metadata = {"render_modes": ["rgb_array"]}
     invalid_action = "penalty"
     pictures = False
 
-    def __init__(self, env_config=None, record: bool = False, record_dir: str = "record"):
+    def __init__(self, env_config=None, record: bool = False, record_dir: str = "record",
+                 invalid_action: str | None = None):
         super().__init__()
+        if invalid_action is not None:
+            self.invalid_action = check_invalid_mode(invalid_action)
         self.config = make_config(env_config)
         self.record = bool(record) and self.pictures
         if record and not self.pictures:
@@ -562,6 +677,9 @@ class _BinPackingGymBase(gym.Env):
         # reset(seed=s) plays exactly the items of BatchBinPacking.reset([s]); later resets
         # without a seed continue from a generator seeded by s.
         if seed is not None:
+            if not _is_integer(seed) or isinstance(seed, (bool, np.bool_)) or seed < 0:
+                raise ValueError(f"reset: seed must be a non-negative integer or None, got {seed!r}")
+            seed = int(seed)
             self._rng = np.random.default_rng(seed)
             episode_seed = seed
         else:
@@ -572,8 +690,11 @@ class _BinPackingGymBase(gym.Env):
         out = self._obs(obs)
         return (out, self._info(obs, 0)) if return_info else out
 
-    def _info(self, obs, total_waste):
-        return {"state": obs["state"][0], "waste": int(total_waste), "action_mask": obs["action_mask"][0]}
+    def _info(self, obs, total_waste, core_info=None):
+        info = {"state": obs["state"][0], "waste": int(total_waste), "action_mask": obs["action_mask"][0]}
+        if core_info is not None:       # the level played (after a "nearest" replacement), the request's verdict
+            info.update(action=int(core_info["action"][0]), valid=bool(core_info["valid"][0]))
+        return info
 
     def step(self, action):
         if self.core.states is None:
@@ -582,22 +703,24 @@ class _BinPackingGymBase(gym.Env):
             raise RuntimeError("the episode is over; call reset()")
         before = self._last
         obs, reward, done, info = self.core.step([action])
-        if self._episode is not None:
-            for key, value in (("obs", before["picture"][0]), ("action", int(action)), ("reward", reward[0]),
+        if self._episode is not None:       # the action played (a "nearest" replacement, if any)
+            for key, value in (("obs", before["picture"][0]), ("action", int(info["action"][0])), ("reward", reward[0]),
                                ("done", done[0]), ("action_mask", before["action_mask"][0]),
                                ("state", before["state"][0])):
                 self._episode[key].append(value)
             if done[0]:
                 write_episode_npz(self.record_dir, {k: np.asarray(v) for k, v in self._episode.items()})
         self._last = obs
-        return self._obs(obs), float(reward[0]), bool(done[0]), self._info(obs, info["waste"][0])
+        return self._obs(obs), float(reward[0]), bool(done[0]), self._info(obs, info["waste"][0], info)
 
     def render(self, mode="rgb_array"):
         return encode_state(self.core.states[0])
 
 
 class BinPackingGymEnvironment(_BinPackingGymBase):
-    """ORL's base environment: observation is the state vector; an invalid action ends the episode."""
+    """ORL's base environment: observation is the state vector; an invalid action ends the episode
+    with reward -100 minus the last step's waste term ("penalty")."""
+    invalid_action = "penalty"
 
     def __init__(self, env_config=None, **kwargs):
         super().__init__(env_config, **kwargs)
@@ -607,13 +730,52 @@ class BinPackingGymEnvironment(_BinPackingGymBase):
         return obs["state"][0]
 
 
+class BinPackingIncrementalWasteGymEnvironment(BinPackingGymEnvironment):
+    """ORL's incremental-waste environment: an invalid action gets the base environment's penalty,
+    but the bins stay as they are, the item is dropped (the next one arrives), the step counts
+    towards the horizon and the episode goes on ("incremental")."""
+    invalid_action = "incremental"
+
+
 class BinPackingNearActionGymEnvironment(BinPackingGymEnvironment):
-    """An invalid action is replaced by the nearest valid one."""
+    """ORL's near-action environment: an invalid action is replaced by the nearest level among the
+    existing bins the item fits (ties to the lower level), a new bin only when none fits; the item
+    is then placed with the normal reward ("nearest")."""
     invalid_action = "nearest"
 
 
-class BinPackingActionMaskGymEnvironment(_BinPackingGymBase):
-    """Observation {"action_mask", "real_obs"} with the state vector as real_obs."""
+def continuous_to_level(action, bin_size: int) -> int:
+    """ORL's continuous action: clipped to [0, 1], then int(a * (bin_size - 1)) (computed in the
+    action's own float type, as ORL does)."""
+    if isinstance(action, (bool, np.bool_)):
+        raise ValueError(f"action must be a number in [0, 1], got the bool {action!r}")
+    a = np.asarray(action)
+    if a.size != 1 or a.dtype.kind not in "iuf":
+        raise ValueError(f"action must be one number in [0, 1], got {action!r}")
+    a = a.reshape(())
+    if a.dtype.kind != "f":
+        a = a.astype(np.float64)
+    if not np.isfinite(a):
+        raise ValueError(f"action must be a finite number in [0, 1], got {action!r}")
+    return int(np.clip(a, 0, 1) * (bin_size - 1))
+
+
+class BinPackingContinuousActionEnv(BinPackingNearActionGymEnvironment):
+    """ORL's continuous-action environment: a Box(0, 1) action, clipped, turned into the level
+    int(a * (B - 1)), then the near-action rule ("nearest")."""
+
+    def __init__(self, env_config=None, **kwargs):
+        super().__init__(env_config, **kwargs)
+        self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+
+    def step(self, action):
+        return super().step(continuous_to_level(action, self.config.bin_size))
+
+
+class BinPackingActionMaskGymEnvironment(BinPackingNearActionGymEnvironment):
+    """ORL's action-mask environment, a near-action environment ("nearest": an invalid action is
+    replaced, no penalty, the episode goes on) whose observation is {"action_mask", "real_obs"}
+    with the state vector as real_obs."""
 
     def __init__(self, env_config=None, **kwargs):
         super().__init__(env_config, **kwargs)
@@ -626,8 +788,13 @@ class BinPackingActionMaskGymEnvironment(_BinPackingGymBase):
 
 
 class BinPacking2DMaskGymEnvironment(BinPackingActionMaskGymEnvironment):
-    """What the world model sees: real_obs is the 64x64x3 picture. Can record episodes."""
+    """What the world model sees: real_obs is the 64x64x3 picture. Can record episodes.
+
+    Not one of ORL's environments: it comes from the World Models code, which built it on ORL's
+    base environment, so an invalid action ends the episode with the penalty ("penalty", not the
+    "nearest" of the action-mask environment it shares its observation with)."""
     pictures = True
+    invalid_action = "penalty"
 
     def __init__(self, env_config=None, **kwargs):
         super().__init__(env_config, **kwargs)
