@@ -53,37 +53,45 @@ def random_valid(states, masks, rng):
 POLICIES = {"best_fit": best_fit, "sum_of_squares": sum_of_squares, "random": random_valid}
 
 
+def progress_bar(episodes: int, label: str = "episodes"):
+    """One bar for all of a policy's episodes, moved within a batch too (by a fraction of an episode
+    a step), left on screen when done; evaluate.py shows one per policy."""
+    from tqdm import tqdm
+    return tqdm(total=episodes, desc=f"{label:<15}", unit="ep", dynamic_ncols=True,
+                bar_format="{desc} {percentage:3.0f}%|{bar:30}| {n:.0f}/{total:.0f} episodes [{elapsed}<{remaining}]")
+
+
 def evaluate_policy(policy, config="perfect_pack", episodes=1000, seed=0, batch=1000, rng=None,
                     progress=False, pictures=False, stream="eval"):
     """Total reward of each of `episodes` real episodes on the `stream` seed stream ('eval' by default).
 
     policy(states, masks, rng) -> actions; with pictures=True it is called as
-    policy(states, masks, rng, pictures).
+    policy(states, masks, rng, pictures). progress: False, True, or the label of the progress bar.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     rng = rng if rng is not None else np.random.default_rng(seed)
     seeds = episode_seeds(seed, episodes, stream)
     totals = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=episodes, desc="episodes", unit="ep")
+    bar = progress_bar(episodes, progress if isinstance(progress, str) else "episodes") if progress else None
     for start in range(0, episodes, batch):
         chunk = seeds[start:start + batch]
         env = BatchBinPacking(config, len(chunk), pictures=pictures)
         obs = env.reset(chunk)
         total = np.zeros(len(chunk))
         done = np.zeros(len(chunk), bool)
+        per_step = len(chunk) / env.config.time_horizon
         while not done.all():
             extra = (obs["picture"],) if pictures else ()
             actions = policy(obs["state"], obs["action_mask"], rng, *extra)
             obs, reward, done, _ = env.step(actions)
             total += reward
+            if bar is not None:
+                bar.update(per_step)
         totals.append(total)
-        if bar:
-            bar.update(len(chunk))
-    if bar:
+        if bar is not None:
+            bar.update(start + len(chunk) - bar.n)          # exact at the end of each batch
+    if bar is not None:
         bar.close()
     return np.concatenate(totals)
 

@@ -822,7 +822,8 @@ def main(argv=None):
     parser.add_argument("--record_dir", default="record")
     parser.add_argument("--scale", type=int, default=8, help="pixels per picture pixel")
     args = parser.parse_args(argv)
-    from play import play
+    from play import play, require_display
+    require_display("bin_packing_environment.py")    # one line and exit 1, not a hang, with no screen
     env = BinPacking2DMaskGymEnvironment(args.preset, record=args.record, record_dir=args.record_dir)
     play(env, seed=args.seed, scale=args.scale)
 

@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")   # pygame's greeting on stdout
 PANEL_WIDTH = 720
 VIEW_HEIGHT = 372                 # the packing drawing; text lines go below it
 BACKGROUND = (40, 40, 40)
@@ -121,7 +122,7 @@ def packing_layout(state, mask, rect) -> dict:
         bx = x + (gw - used) // 2 + (6 if p else 0)
         g["bins"] = [(bx + k * (col_w + 3), top, col_w, bin_h) for k in range(n)]
         g["piled"] = p
-        g["area"] = (x - 2, top - count_h, gw + 4, bin_h + count_h + badge_h)
+        g["area"] = (x - 1, top - count_h, gw + 2, bin_h + count_h + badge_h)
         g["badge"] = (x + (gw - badge_w) // 2, top + bin_h + 5, badge_w, badge_h - 8)
         x += gw + gap
     return {"unit": unit, "item": item_box, "groups": groups, "bin_size": B, "top": top, "bin_height": bin_h,
@@ -175,7 +176,9 @@ def draw_packing(surface, state, mask, cursor=None, rect=None, fonts=None) -> di
                 pygame.draw.rect(surface, BIN_EDGE, (bx - off, by - off, bw, bh), 1)
         for k, (bx, by, bw, bh) in enumerate(g["bins"]):
             pygame.draw.rect(surface, BIN_EMPTY, (bx, by, bw, bh))
-            if level:
+            if level and g["count"] == 0:                  # a dream's mask with no such bin in its picture: a line
+                pygame.draw.line(surface, fill, (bx, by + bh - level * unit), (bx + bw - 1, by + bh - level * unit), 2)
+            elif level:
                 pygame.draw.rect(surface, fill, (bx, by + bh - min(level, B) * unit, bw, min(level, B) * unit))
             if k == 0 and cursor is not None and cursor == level and valid:
                 land = min(item, B - level) * unit

@@ -33,11 +33,13 @@ The optimizer state is not saved.
 """
 
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 import weights_json
+from quiet import import_tensorflow
+
+tf = import_tensorflow()     # TensorFlow's C++ start-up lines silenced (quiet.py), before keras imports it
+import keras  # noqa: E402
 
 FORMAT = "convvae-v1"
 PICTURE_SHAPE = (64, 64, 3)
