@@ -51,6 +51,7 @@ import uuid
 from numbers import Integral, Real
 from typing import Mapping, Sequence
 
+import quiet  # noqa: F401  (before gym: its unmaintained-banner hidden)
 import gym
 import numpy as np
 from gym import spaces

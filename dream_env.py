@@ -21,6 +21,7 @@ import argparse
 import json
 import zipfile
 
+import quiet  # noqa: F401  (before gym: its unmaintained-banner hidden)
 import gym
 import numpy as np
 from gym import spaces

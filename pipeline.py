@@ -1,23 +1,25 @@
-"""The whole World Models pipeline, stage by stage, at a scale set by one knob.
+"""The whole World Models pipeline, stage by stage: how much is the scale, how is the recipe.
 
-    python pipeline.py --scale tiny|small|paper [--work_dir runs/<scale>] [--seed 0] [--force]
+    python pipeline.py --scale tiny|small|paper [--recipe starts|original] [--work_dir runs/<scale>]
+                       [--seed 0] [--force] [--dry_run]
     make pipeline SCALE=small
 
 Every stage is the ordinary stage script run as a subprocess, writing under --work_dir:
 rollouts (extract.py) -> V (vae_train.py) -> series.py -> M (rnn_train.py) -> copy_models.py
--> dream fidelity -> [dream starts (dream_starts.py)] -> C in the dream (train.py; at tiny and
-small from several seeds side by side, of which pick_controller.py keeps the best on validation)
--> evaluation on the real env (model.py). tiny and small begin their dreams at recorded real states (M run
-along the recorded episodes; no new real steps) and score a dream by the waste of its decoded
-first and last pictures, with common random numbers (README: "Dreams begun at real states")
-and without the Gaussian noise of M's next z (--z_noise 0: "A quieter dream");
-paper keeps the original's dreams from empty packings scored by M's reward head.
+-> [dream starts (dream_starts.py)] -> dream fidelity (analysis.dream_fidelity, on the same
+dream C will train in) -> C in the dream (train.py; from several seeds side by side where the
+scale says so, of which pick_controller.py keeps the best on validation) -> evaluation on the
+real problem (model.py, and Best Fit on the same episodes).
+The recipe `starts` (the default) begins its dreams at recorded real states and scores a dream
+by the waste of its decoded pictures, with common random numbers and M's Gaussian noise off;
+`original` is World Models as published (dreams from empty packings scored by M's reward head).
 A stage whose command and input files are unchanged since it last succeeded is skipped; a stage
 killed half way resumes, because every training script resumes from its own checkpoint; a stage
 that succeeded before but is re-run (its command or inputs changed, or --force) first removes
 its own state (the records, a checkpoint, the CMA-ES logs), so it starts afresh instead of
 resuming what other inputs produced. The first failing stage stops the pipeline with its error.
-Per-stage wall times and the final rewards go to <work_dir>/pipeline_summary.json.
+Per-stage wall times and the final rewards go to <work_dir>/pipeline_summary.json; --dry_run
+prints the commands and a rough wall-time estimate for --workers cores instead.
 """
 from __future__ import annotations
 
@@ -30,38 +32,66 @@ import subprocess
 import sys
 import time
 
-from stages_common import atomic_write_json
+from stages_common import SEED_MAX, atomic_write_json, bounded_int, check_output_dir
 
-# What each scale runs. tiny: CI smoke test (minutes); small: a 2-core machine in about an
-# hour; paper: the original's scale for a big machine. Rollouts are (episodes, epsilon, policy).
-# tiny and small train M with one mixture component for the whole z (README: "Does the dream
-# stay a packing?") on rollouts around Best Fit and Sum of Squares ("What holds C at Best Fit").
-# small's V trains on the first two rollout sets (500 files), the Best Fit ones, as the shipped V did: on
-# all 800 the same flags gave a weaker V and an agent 10 points below Best Fit (README, "The
-# whole pipeline"). A scale may set recon_loss="bce": a better V, but not a better agent in
-# the one small run made with it (README, "A sharper loss for V").
-SHARED_M = ["--mixture", "shared", "--num_mixtures", "16", "--z_input", "mean"]
+# Two knobs. A scale says how much (data, epochs, population, workers); a recipe says how (the
+# rollout policies, V's and M's losses, what a dream is). Every scale runs every recipe.
 SCALES = {
-    "tiny": dict(rollouts=[(4, 0.3, "epsilon_best_fit"), (2, 0.2, "epsilon_sum_of_squares")], horizon=30,
-                 vae_epochs=1, frames_per_episode=10, vae_rollout_sets=1, vae_lr=1e-3, kl_tolerance=4, rnn_steps=20,
-                 seq_len=10, rnn_extra=SHARED_M, popsize=4, num_episode=2, generations=2, dream_horizon=10,
-                 weight_decay=0.01, eval_steps=2, eval_episodes=2, eval_horizon=30, workers=1, final_episodes=3,
-                 starts_per_episode=5, dream_reward="picture", common_random_numbers=True, z_noise=0.0,
-                 c_seeds=2, fidelity_episodes=2, fidelity_extra=["--ranking_horizons", "10", "--ranking_episodes", "4",
-                                                      "--ranking_real_episodes", "2", "--coherence_dreams", "8"]),
-    "small": dict(rollouts=[(300, 0.2, "epsilon_best_fit"), (200, 0.5, "epsilon_best_fit"),
-                            (300, 0.2, "epsilon_sum_of_squares")], horizon=None, vae_epochs=30, frames_per_episode=50,
-                  vae_rollout_sets=2, vae_lr=5e-4, kl_tolerance=4, rnn_steps=4000, seq_len=100,
-                  rnn_extra=SHARED_M, popsize=64, num_episode=16, generations=30, dream_horizon=300,
-                  weight_decay=400, eval_steps=2, eval_episodes=100, eval_horizon=None, workers=1, c_seeds=3,
-                  final_episodes=1000, fidelity_episodes=20, starts_per_episode=100, dream_reward="picture",
-                  common_random_numbers=True, z_noise=0.0),
-    "paper": dict(rollouts=[(6000, 0.2, "epsilon_best_fit"), (4000, 0.5, "epsilon_best_fit")], horizon=None,
-                  vae_epochs=10, frames_per_episode=0,
-                  vae_lr=1e-4, kl_tolerance=0.5, rnn_steps=4000, seq_len=100, popsize=64, num_episode=16,
-                  generations=1000, dream_horizon=None, weight_decay=0.01, eval_steps=25, eval_episodes=1024,
-                  eval_horizon=None, workers=64, final_episodes=1000, fidelity_episodes=100),
+    # tiny: the CI smoke test (every stage in about a minute)
+    "tiny": dict(rollout_episodes=6, horizon=30, vae_epochs=1, frames_per_episode=10, rnn_steps=20, seq_len=10,
+                 popsize=4, num_episode=2, generations=2, dream_horizon_cap=10, eval_steps=2, eval_episodes=2,
+                 eval_horizon=30, workers=1, final_episodes=3, starts_per_episode=5, c_seeds=2, fidelity_episodes=2,
+                 fidelity_extra=["--ranking_episodes", "4", "--ranking_real_episodes", "2", "--coherence_dreams", "8"]),
+    # small: a 2-core machine in about an hour (docs/experiments.md, "The whole pipeline at SCALE=small")
+    "small": dict(rollout_episodes=800, horizon=None, vae_epochs=30, frames_per_episode=50, rnn_steps=4000,
+                  seq_len=100, popsize=64, num_episode=16, generations=30, eval_steps=2, eval_episodes=100,
+                  eval_horizon=None, workers=1, c_seeds=3, final_episodes=1000, fidelity_episodes=20,
+                  starts_per_episode=100),
+    # paper: the original's scale, for a big machine (see --dry_run for its commands and time)
+    "paper": dict(rollout_episodes=10000, horizon=None, vae_epochs=10, frames_per_episode=0, rnn_steps=4000,
+                  seq_len=100, popsize=64, num_episode=16, generations=1000, eval_steps=25, eval_episodes=1024,
+                  eval_horizon=None, workers=64, c_seeds=1, final_episodes=1000, fidelity_episodes=100,
+                  starts_per_episode=10),
 }
+# Rollouts are (share of the episodes, epsilon, policy); each share is a rollout set recorded with
+# its own seed. V trains on the first vae_rollout_sets sets (None: all).
+SHARED_M = ["--mixture", "shared", "--num_mixtures", "16", "--z_input", "mean"]
+RECIPES = {
+    # World Models as published: M with 5 mixtures per z dimension, 16 free nats for V, dreams from
+    # the empty packing scored by M's reward head, each candidate on its own dreams. Its dream does
+    # not teach here (docs/experiments.md), but it stays reproducible.
+    "original": dict(rollouts=[(0.6, 0.2, "epsilon_best_fit"), (0.4, 0.5, "epsilon_best_fit")],
+                     vae_rollout_sets=None, vae_lr=1e-4, kl_tolerance=0.5, rnn_extra=[], dream_horizon=None,
+                     weight_decay=0.01, dream_starts=False, dream_reward="m", common_random_numbers=False,
+                     z_noise=1.0),
+    # The best recipe so far, the default: rollouts around Best Fit and Sum of Squares, V on the
+    # Best Fit ones with 128 free nats, M with one mixture component for the whole z, 300-item
+    # dreams begun at recorded real states, scored by their decoded pictures, every candidate on
+    # the same dreams, M's Gaussian noise off (docs/experiments.md: "Dreams begun at real
+    # states", "Does the dream stay a packing?", "A quieter dream").
+    "starts": dict(rollouts=[(0.375, 0.2, "epsilon_best_fit"), (0.25, 0.5, "epsilon_best_fit"),
+                             (0.375, 0.2, "epsilon_sum_of_squares")],
+                   vae_rollout_sets=2, vae_lr=5e-4, kl_tolerance=4, rnn_extra=SHARED_M, dream_horizon=300,
+                   weight_decay=400, dream_starts=True, dream_reward="picture", common_random_numbers=True,
+                   z_noise=0.0),
+}
+DEFAULT_RECIPE = "starts"
+
+
+def plan(scale: str, recipe: str, workers: int | None = None) -> dict:
+    """One dict of every setting the stages read: the scale's sizes and the recipe's choices."""
+    s = {**SCALES[scale], **RECIPES[recipe]}
+    n = s["rollout_episodes"]
+    counts = [round(share * n) for share, _, _ in s["rollouts"][:-1]]
+    counts.append(n - sum(counts))
+    s["rollouts"] = [(k, eps, policy) for k, (_, eps, policy) in zip(counts, s["rollouts"])]
+    caps = [h for h in (s["dream_horizon"], s.get("dream_horizon_cap")) if h]
+    s["dream_horizon"] = min(caps) if caps else None
+    if not s["dream_starts"]:
+        s["starts_per_episode"] = 0
+    if workers is not None:
+        s["workers"] = workers
+    return s
 
 
 def stages(s: dict, w: str, seed: int) -> list[dict]:
@@ -91,9 +121,10 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                          inputs=[j("series", "series.npz"), j("rnn", "rnn.json")], outputs=[starts])
                     ] if s.get("starts_per_episode") else []
     starts_flag = ["--dream_starts", starts] if starts_stage else []
-    dream_flags = ((["--dream_reward", s["dream_reward"]] if s.get("dream_reward", "m") != "m" else [])
-                   + (["--common_random_numbers"] if s.get("common_random_numbers") else [])
-                   + (["--z_noise", str(s["z_noise"])] if "z_noise" in s else []))
+    # what a dream is: the same flags for C's training and for the fidelity stage that measures it
+    dream_flags = ((["--dream_reward", s["dream_reward"]] if s["dream_reward"] != "m" else [])
+                   + (["--z_noise", str(s["z_noise"])] if s["z_noise"] != 1 else []) + starts_flag)
+    crn = ["--common_random_numbers"] if s["common_random_numbers"] else []
     return [
         dict(name="rollouts", commands=rollouts, inputs=[], outputs=[j("record")], fresh=[j("record")]),
         dict(name="vae", commands=[[py, "vae_train.py", "--record_dir", j("record"), "--out_dir", j("tf_vae"),
@@ -116,14 +147,18 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                                      "--out_root", w]],
              inputs=[j("tf_vae", "vae.json"), j("tf_rnn", "rnn.json"), j("tf_rnn", "initial_z.json")],
              outputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")]),
+        *starts_stage,
         dict(name="dream_fidelity", commands=[[py, "-m", "analysis.dream_fidelity", "--record_dir", j("record"),
                                                "--vae", j("vae", "vae.json"), "--rnn", j("rnn", "rnn.json"),
                                                "--episodes", str(s["fidelity_episodes"]),
                                                "--out", j("dream_fidelity.json"), "--seed", str(seed),
+                                               *dream_flags, *(["--ranking_paired"] if crn else []),
+                                               *(["--ranking_horizons", str(s["dream_horizon"])]
+                                                 if s["dream_horizon"] else []),
                                                *s.get("fidelity_extra", [])]],
-             inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")],
+             inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json"),
+                     *starts_flag[1:]],
              outputs=[j("dream_fidelity.json")]),
-        *starts_stage,
         dict(name="controller", parallel=[[py, "train.py", "--vae", j("vae", "vae.json"), "--rnn", j("rnn", "rnn.json"),
                                            "--initial_z", j("initial_z", "initial_z.json"), "--log_dir", log_dir,
                                            "--popsize", str(s["popsize"]), "--num_episode", str(s["num_episode"]),
@@ -131,8 +166,8 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                                            "--weight_decay", str(s["weight_decay"]),
                                            "--eval_steps", str(s["eval_steps"]),
                                            "--eval_episodes", str(s["eval_episodes"]), "--num_worker",
-                                           str(s["workers"]), "--seed", str(c_seed), *eval_horizon, *starts_flag,
-                                           *dream_flags] for c_seed, log_dir in c_runs],
+                                           str(s["workers"]), "--seed", str(c_seed), *eval_horizon,
+                                           *dream_flags, *crn] for c_seed, log_dir in c_runs],
              parallel_logs=[os.path.join(d, "train.out") for _, d in c_runs],
              commands=[[py, "pick_controller.py", *[os.path.join(d, os.path.basename(best)) for _, d in c_runs],
                         "--out", best]] if len(c_runs) > 1 else [],
@@ -225,22 +260,66 @@ def run_stage(stage: dict, stamp_path: str, force: bool) -> tuple[str, float]:
     return "ran", time.time() - start
 
 
+# Rough per-unit costs on one core of a 2-core machine, from the timed SCALE=small runs
+# (docs/experiments.md, "The whole pipeline at SCALE=small"): only for --dry_run's estimate.
+UNIT_SECONDS = dict(rollout_step=2.75e-5, vae_frame=1.9e-3, series_step=1.7e-4, rnn_window_step=2.0e-5,
+                    dream_step=1.5e-5, real_step=2.4e-4, final_step=1.4e-4)
+
+
+def estimate(s: dict) -> dict:
+    """Seconds per stage for s["workers"] cores, from UNIT_SECONDS (V, series and M on one process)."""
+    T = s["horizon"] or 1000
+    episodes = sum(n for n, _, _ in s["rollouts"])
+    frames = (s["vae_rollout_sets"] and sum(n for n, _, _ in s["rollouts"][:s["vae_rollout_sets"]]) or episodes)
+    frames *= s["frames_per_episode"] or T
+    dream = s["dream_horizon"] or T
+    generation = s["popsize"] * s["num_episode"] * dream * UNIT_SECONDS["dream_step"]
+    evaluations = s["generations"] // s["eval_steps"] * s["eval_episodes"] * T * UNIT_SECONDS["real_step"]
+    K = s["workers"]
+    return {"rollouts": episodes * T * UNIT_SECONDS["rollout_step"],
+            "vae": s["vae_epochs"] * frames * UNIT_SECONDS["vae_frame"],
+            "series": episodes * T * UNIT_SECONDS["series_step"],
+            "rnn": s["rnn_steps"] * 100 * s["seq_len"] * UNIT_SECONDS["rnn_window_step"],
+            "controller": s["c_seeds"] * (s["generations"] * generation / K + evaluations) / min(s["c_seeds"], K),
+            "evaluation": s["final_episodes"] * T * UNIT_SECONDS["final_step"]}
+
+
+def dry_run(s: dict, work_dir: str, seed: int) -> dict:
+    """Print the commands of every stage and the estimate; run nothing."""
+    for stage in stages(s, work_dir, seed):
+        for cmd in stage.get("parallel", []) + stage["commands"]:
+            print(f"[{stage['name']}] {' '.join(cmd[1:])}")
+    times = estimate(s)
+    print(f"\nrough wall time with {s['workers']} worker(s) (CPU only; V on a GPU is far faster):")
+    for name, sec in times.items():
+        print(f"  {name:<11} {sec / 3600:8.2f} h")
+    print(f"  {'total':<11} {sum(times.values()) / 3600:8.2f} h")
+    return times
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="small", help="how much: data, epochs, workers")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
+                        help=f"how: the rollouts, V's and M's losses, the dream (default: {DEFAULT_RECIPE}, the best "
+                             "so far; original: World Models as published)")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="print every stage's commands and a rough wall-time estimate, run nothing")
     parser.add_argument("--work_dir", default=None, help="default: runs/<scale>")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=bounded_int(0, SEED_MAX - 10, " (the stages' seeds are --seed plus a few)"),
+                        default=0)
     parser.add_argument("--force", action="store_true", help="redo every finished stage from scratch")
-    parser.add_argument("--workers", type=int, default=None, help="MPI workers for CMA-ES (default: the scale's)")
+    parser.add_argument("--workers", type=bounded_int(1, 4096), default=None,
+                        help="MPI workers for CMA-ES (default: the scale's)")
     args = parser.parse_args(argv)
-    scale = dict(SCALES[args.scale])
-    if args.workers is not None:
-        if args.workers < 1:
-            parser.error("--workers must be >= 1")
-        scale["workers"] = args.workers
-    work_dir = args.work_dir or os.path.join("runs", args.scale)
+    scale = plan(args.scale, args.recipe, args.workers)
+    default_dir = args.scale if args.recipe == DEFAULT_RECIPE else f"{args.scale}_{args.recipe}"
+    work_dir = args.work_dir or os.path.join("runs", default_dir)
+    if args.dry_run:
+        return dry_run(scale, work_dir, args.seed)
+    check_output_dir(parser, work_dir, "--work_dir")
     os.makedirs(os.path.join(work_dir, ".stamps"), exist_ok=True)
-    summary = {"scale": args.scale, "seed": args.seed, "stages": []}
+    summary = {"scale": args.scale, "recipe": args.recipe, "seed": args.seed, "stages": []}
     total = time.time()
     for stage in stages(scale, work_dir, args.seed):
         try:

@@ -18,7 +18,7 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.load(open(tmp_path / "pipeline_summary.json"))
     names = [s["stage"] for s in summary["stages"]]
-    assert names == ["rollouts", "vae", "series", "rnn", "copy", "dream_fidelity", "dream_starts", "controller",
+    assert names == ["rollouts", "vae", "series", "rnn", "copy", "dream_starts", "dream_fidelity", "controller",
                      "evaluation"]
     assert all(s["status"] == "ran" for s in summary["stages"])
     policies = [r["policy"] for r in summary["evaluation"]]
@@ -30,8 +30,8 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
     runs = [json.load(open(tmp_path / "log" / f"seed{k}" / "binpacking.cma.2.4.best.json")) for k in (8, 9)]
     assert json.load(open(tmp_path / "log" / "binpacking.cma.2.4.best.json")) == max(runs, key=lambda r: r[1])
     assert (tmp_path / "log" / "seed9" / "train.out").stat().st_size > 0
-    # V trained on the Best Fit rollout set only, whatever the file names' sort order
-    assert json.load(open(tmp_path / "tf_vae" / "vae_report.json"))["episodes_per_rollout_set"] == {"9": 4}
+    # V trained on the two Best Fit rollout sets only, whatever the file names' sort order
+    assert json.load(open(tmp_path / "tf_vae" / "vae_report.json"))["episodes_per_rollout_set"] == {"10": 2, "9": 2}
 
     # nothing changed: every stage is skipped
     proc = pipeline(tmp_path, "--seed", "8")
@@ -94,8 +94,8 @@ def test_pick_controller_keeps_the_best_validation_score_and_refuses_bad_runs(tm
 
 
 def test_small_scale_trains_c_with_the_shipped_dream_flags(tmp_path):
-    from pipeline import SCALES, stages
-    controller = next(st for st in stages(SCALES["small"], str(tmp_path), 0) if st["name"] == "controller")
+    from pipeline import plan, stages
+    controller = next(st for st in stages(plan("small", "starts"), str(tmp_path), 0) if st["name"] == "controller")
     for command in controller["parallel"]:
         flags = " ".join(command)
         for flag in ("--dream_reward picture", "--common_random_numbers", "--z_noise 0.0", "--time_horizon 300",
@@ -104,14 +104,55 @@ def test_small_scale_trains_c_with_the_shipped_dream_flags(tmp_path):
 
 
 def test_v_data_is_picked_by_rollout_set_not_by_sort_order(tmp_path):
-    from pipeline import SCALES, stages
+    from pipeline import plan, stages
     from vae_train import select_files
     names = [f"{k}_{i:06d}.npz" for k in (1, 2, 3, 8, 9, 10) for i in range(3)]
     paths = sorted(str(tmp_path / n) for n in names)                 # 10_* sorts before 1_*... and 8_*
     for seed, sets in ((0, "1,2"), (7, "8,9")):
-        vae = next(st for st in stages(SCALES["small"], str(tmp_path), seed) if st["name"] == "vae")
+        vae = next(st for st in stages(plan("small", "starts"), str(tmp_path), seed) if st["name"] == "vae")
         command = vae["commands"][0]
         assert command[command.index("--rollout_sets") + 1] == sets
         picked = select_files(paths, sets, 10000)
         assert sorted(os.path.basename(p)[:2] for p in picked) == sorted(f"{k}_" for k in sets.split(",") for _ in range(3))
     assert len(select_files(paths, "8,9", 4)) == 4 and select_files(paths, None, 100) == paths
+
+
+def test_scale_and_recipe_are_two_knobs(tmp_path):
+    from pipeline import DEFAULT_RECIPE, plan, stages
+    assert DEFAULT_RECIPE == "starts"
+    small = plan("small", "starts")
+    assert [n for n, _, _ in small["rollouts"]] == [300, 200, 300]          # the shipped agent's rollouts
+    for scale in ("tiny", "small", "paper"):
+        original = {st["name"]: st for st in stages(plan(scale, "original"), str(tmp_path), 0)}
+        assert "dream_starts" not in original                               # dreams from the empty packing
+        train = " ".join(original["controller"]["parallel"][0])
+        for flag in ("--dream_reward", "--z_noise", "--dream_starts", "--common_random_numbers"):
+            assert flag not in train, (scale, flag)
+        assert "--kl_tolerance 0.5" in " ".join(original["vae"]["commands"][0])
+        assert "--mixture" not in " ".join(original["rnn"]["commands"][0])
+    paper = plan("paper", "original")
+    assert [n for n, _, _ in paper["rollouts"]] == [6000, 4000] and paper["generations"] == 1000
+    assert plan("paper", "starts")["popsize"] == paper["popsize"] == 64
+
+
+def test_the_fidelity_stage_measures_the_dream_c_trains_in(tmp_path):
+    from pipeline import plan, stages
+    for recipe in ("starts", "original"):
+        named = {st["name"]: st for st in stages(plan("small", recipe), str(tmp_path), 0)}
+        fidelity, train = named["dream_fidelity"]["commands"][0], named["controller"]["parallel"][0]
+        for flag in ("--dream_reward", "--z_noise", "--dream_starts"):
+            values = [cmd[cmd.index(flag) + 1] if flag in cmd else None for cmd in (fidelity, train)]
+            assert values[0] == values[1], (recipe, flag, values)
+        if recipe == "starts":
+            assert fidelity[fidelity.index("--ranking_horizons") + 1] == train[train.index("--time_horizon") + 1]
+
+
+def test_dry_run_prints_the_commands_and_an_estimate_and_runs_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "pipeline.py", "--scale", "paper", "--dry_run", "--workers", "16",
+                           "--work_dir", str(tmp_path / "paper")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "train.py" in proc.stdout and "--num_worker 16" in proc.stdout and "total" in proc.stdout
+    hours = float(proc.stdout.strip().splitlines()[-1].split()[1])
+    assert 1 < hours < 1000
+    assert not (tmp_path / "paper").exists()
