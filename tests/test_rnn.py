@@ -268,3 +268,96 @@ def test_an_m_trained_on_means_starts_dreams_from_the_mean(model, tmp_path):
     np.testing.assert_array_equal(RNNNumpy.from_json(tmp_path / "mean.json").first_z(mu, logvar, rng), mu)
     sampled = RNNNumpy.from_model(model).first_z(mu, logvar, np.random.default_rng(0))
     np.testing.assert_allclose(sampled, mu + np.random.default_rng(0).standard_normal(mu.shape), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- the mlp transition (--transition mlp)
+
+MLP_SIZES = dict(transition="mlp", z_input="mean", transition_hidden=32, transition_layers=2, num_items=9)
+
+
+@pytest.fixture(scope="module")
+def mlp_model():
+    """M with the mlp transition (small), random weights."""
+    m = MDNRNN(seed=0, **MLP_SIZES)
+    rng = np.random.default_rng(3)
+    m.set_weights({name: 0.2 * rng.standard_normal(values.shape) for name, values in m.get_weights().items()})
+    return m
+
+
+def test_mlp_transition_numpy_matches_tensorflow_and_round_trips(mlp_model, sequences, tmp_path):
+    z, actions = sequences
+    next_z = np.roll(z, -1, axis=1)
+    items = np.random.default_rng(4).integers(-1, 9, size=actions.shape)     # -1: no label
+    expected = mlp_model.predict(z, actions, next_z, items)
+    assert expected["mu"].shape == expected["logsigma"].shape == (BATCH, STEPS, 32, 1)
+    assert expected["item_logits"].shape == (BATCH, STEPS, 9)
+    mlp_model.save_json(tmp_path / "mlp.json")
+    header = json.loads((tmp_path / "mlp.json").read_text())
+    assert {k: header[k] for k in MLP_SIZES} == MLP_SIZES
+    assert MDNRNN.from_json(tmp_path / "mlp.json").hp == mlp_model.hp
+    rnn = RNNNumpy.from_json(tmp_path / "mlp.json")
+    h, c = rnn.initial_state(BATCH)
+    for t in range(STEPS):
+        h, c, out = rnn.step(z[:, t], actions[:, t], h, c)
+        assert "logmix" not in out
+        for key in ("reward", "done_prob", "item_logits"):
+            np.testing.assert_allclose(out[key], expected[key][:, t], atol=1e-4, err_msg=key)
+        np.testing.assert_allclose(rnn.mask_prob(h, next_z[:, t]), expected["mask_prob"][:, t], atol=1e-4)
+        known = items[:, t] >= 0
+        np.testing.assert_allclose(z[known, t] + rnn.transition_delta(z[known, t], actions[known, t], items[known, t]),
+                                   expected["mu"][known, t, :, 0], atol=1e-4)
+    with pytest.raises(ValueError, match="next_items"):
+        mlp_model.predict(z, actions, next_z)
+
+
+def test_mlp_transition_needs_v_means():
+    with pytest.raises(ValueError, match="z_input 'mean'"):
+        MDNRNN(**dict(MLP_SIZES, z_input="sample"))
+
+
+def test_mlp_sample_next_z_draws_the_item_then_steps_deterministically(mlp_model):
+    rnn = RNNNumpy.from_model(mlp_model)
+    n = 3000
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((n, 32)).astype(np.float32)
+    actions = rng.integers(0, 30, n)
+    h, c, out = rnn.step(z, actions, *rnn.initial_state(n))
+    logits = np.tile([0.0, np.log(3.0)] + [-50.0] * 7, (n, 1))        # items 1 and 2 at 1:3
+    out["item_logits"] = logits
+    quiet = rnn.sample_next_z(dict(out), 1.0, np.random.default_rng(7), noise_scale=0.0)
+    drawn = dict(out)
+    noisy = rnn.sample_next_z(drawn, 1.0, np.random.default_rng(7))
+    assert set(np.unique(drawn["next_item"])) == {1, 2}
+    assert abs((drawn["next_item"] == 2).mean() - 0.75) < 0.03
+    np.testing.assert_allclose(quiet, z + rnn.transition_delta(z, actions, drawn["next_item"] - 1), atol=1e-5)
+    # the noise is the learned scale times a normal draw made whatever the scale (the same stream)
+    assert not np.allclose(noisy, quiet)
+    np.testing.assert_array_equal(noisy, rnn.sample_next_z(dict(out), 1.0, np.random.default_rng(7)))
+    # a temperature near 0 takes the likelier item
+    cold = dict(out)
+    rnn.sample_next_z(cold, 1e-3, np.random.default_rng(8), noise_scale=0.0)
+    assert (cold["next_item"] == 2).all()
+    # the mixture's sampler is untouched (a static method of the class)
+    with pytest.raises(ValueError, match="temperature"):
+        rnn.sample_next_z(dict(out), 0.0, np.random.default_rng(7))
+
+
+def test_mlp_training_reduces_every_loss():
+    model = MDNRNN(learning_rate=3e-3, seed=5, **MLP_SIZES)
+    z, actions, rewards, dones, next_masks, _, weights = _toy_batch(np.random.default_rng(5))
+    items = np.random.default_rng(6).integers(0, 9, size=actions.shape)
+    next_z = z + 0.1 * (actions[..., None] % 3) + 0.2 * items[..., None]   # depends on the action and item
+    items[:, -1] = -1                                                     # no label: no z or item target
+    losses = [model.train_step(z, actions, rewards, dones, next_masks, next_z, weights, items) for _ in range(60)]
+    assert set(losses[0]) == {"z_nll", "reward_mse", "done_bce", "mask_bce", "total", "z_mse", "item_nll"}
+    for key in losses[0]:
+        assert losses[-1][key] < losses[0][key], key
+    assert losses[-1]["z_mse"] < 0.2 * losses[0]["z_mse"]
+
+
+def test_mdn_files_do_not_name_the_transition(saved):
+    """Files of M's mixture transition are written and read as before the mlp option."""
+    header = json.loads(saved.read_text())
+    assert not {"transition", "transition_hidden", "transition_layers", "num_items"} & set(header)
+    assert MDNRNN.from_json(saved).hp["transition"] == "mdn"
+    assert RNNNumpy.from_json(saved).transition == "mdn"
