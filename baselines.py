@@ -104,14 +104,13 @@ def summarise(name, preset, totals, **extra):
 
 
 def main(policy_name, argv=None):
+    from stages_common import episode_count, positive_int, seed_int
     parser = argparse.ArgumentParser(description=f"Evaluate the {policy_name} baseline on the real environment.")
-    parser.add_argument("--episodes", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--episodes", type=episode_count, default=1000)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
-    parser.add_argument("--time_horizon", type=int, default=None, help="override the preset's horizon")
+    parser.add_argument("--time_horizon", type=positive_int, default=None, help="override the preset's horizon")
     args = parser.parse_args(argv)
-    if args.episodes < 1:
-        parser.error(f"--episodes must be >= 1, got {args.episodes}")
     config = preset_config(args.preset, args.time_horizon)
     try:
         make_config(config)

@@ -51,23 +51,50 @@ class Controller:
 
 
 def load_params(path: str, controller: Controller) -> np.ndarray:
-    """Parameters from a World Models log file: [params, ...] or {"params": ...}."""
+    """Parameters from a World Models log file: [params, ...] or {"params": ...}.
+
+    ValueError naming the file for anything else: another layout, another count or shape,
+    entries that are not numbers, nan or inf."""
     try:
         with open(path) as f:
             data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:                 # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"cannot read controller file {path}: {e}") from None
-    params = data["params"] if isinstance(data, dict) else data[0]
-    params = np.asarray(params, np.float32)
+    if isinstance(data, dict) and "params" in data:
+        params = data["params"]
+    elif isinstance(data, list) and data:
+        params = data[0]
+    else:
+        raise ValueError(f"controller file {path} is not a controller: expected [parameters, ...] "
+                         f'(train.py\'s .best.json) or {{"params": [...]}}, found {type(data).__name__} '
+                         f"{json.dumps(data)[:40]}")
+    try:
+        params = np.asarray(params, np.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"controller file {path}: its parameters are not a list of numbers") from None
     if params.shape != (controller.num_params,):
-        raise ValueError(f"{path} holds {params.size} parameters; the controller needs {controller.num_params}")
+        what = f"{params.size} parameters" if params.ndim == 1 else f"an array of shape {params.shape}"
+        raise ValueError(f"controller file {path} holds {what}; the controller needs a list of "
+                         f"{controller.num_params} numbers")
+    bad = int((~np.isfinite(params)).sum())
+    if bad:
+        raise ValueError(f"controller file {path} holds {bad} non-finite parameter(s) (nan or inf)")
     return params
+
+
+def check_bin_size(rnn, rnn_path: str, config: dict, preset: str):
+    """ValueError unless the agent (whose M has one action per bin level) fits the preset's bin size."""
+    if rnn.action_size != config["bin_size"]:
+        raise ValueError(f"the agent (M {rnn_path}) was trained for bin size {rnn.action_size}; "
+                         f"--preset {preset} has bin size {config['bin_size']}")
 
 
 def load_rnn(path: str = DEFAULT_RNN):
     from rnn.rnn import RNNNumpy
     if not os.path.exists(path):
         raise ValueError(f"MDN-RNN file {path} not found (train it with rnn_train.py, then copy_models.py)")
+    if os.path.isdir(path):
+        raise ValueError(f"MDN-RNN file {path} is a directory; give the rnn.json file")
     return RNNNumpy.from_json(path)
 
 
@@ -75,6 +102,8 @@ def load_vae(path: str = DEFAULT_VAE):
     from vae.vae import ConvVAE
     if not os.path.exists(path):
         raise ValueError(f"VAE file {path} not found (train it with vae_train.py, then copy_models.py)")
+    if os.path.isdir(path):
+        raise ValueError(f"VAE file {path} is a directory; give the vae.json file")
     return ConvVAE.from_json(path)
 
 

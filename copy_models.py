@@ -17,7 +17,8 @@ import argparse
 import json
 import os
 
-from stages_common import atomic_copy, fail, positive_int, require_file, sha256_file
+from stages_common import (atomic_copy, check_output_dir, fail, positive_int, remove_stale_temps, require_file,
+                           sha256_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +83,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.provenance is None:
         args.provenance = os.path.join(os.path.dirname(args.rnn), "provenance.json")
+    check_output_dir(parser, args.out_root, "--out_root")
+    for sub in ("vae", "rnn", "initial_z"):
+        check_output_dir(parser, os.path.join(args.out_root, sub), "--out_root")
+    remove_stale_temps([os.path.join(args.out_root, *name) for name in
+                        (("vae", "vae.json"), ("rnn", "rnn.json"), ("rnn", "provenance.json"),
+                         ("initial_z", "initial_z.json"))])
     require_file(parser, args.vae, "VAE file")
     require_file(parser, args.rnn, "MDN-RNN file")
     require_file(parser, args.initial_z, "initial z file")

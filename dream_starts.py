@@ -30,7 +30,8 @@ import numpy as np
 from baselines import random_valid_from_uniforms
 from bin_packing_environment import PRESETS, episode_seeds, preset_config
 from controller import DEFAULT_RNN, DEFAULT_VAE, Controller, load_params, load_rnn, load_vae, rollout_real
-from stages_common import atomic_write_npz, fail, positive_int, require_file, sha256_file
+from stages_common import (atomic_write_npz, check_output_file, episode_count, fail, positive_int, remove_stale_temps,
+                           require_file, seed_int, sha256_file, unit_float)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--controller", help="a controller file (e.g. log/binpacking.cma.16.64.best.json) to play")
     source.add_argument("--series", help="a series.npz (series.py) whose recorded episodes M runs along")
-    p.add_argument("--episodes", type=positive_int, default=300, help="real episodes played (--controller)")
-    p.add_argument("--epsilon", type=float, nargs="+", default=[0.0, 0.05, 0.2],
+    p.add_argument("--episodes", type=episode_count, default=300, help="real episodes played (--controller)")
+    p.add_argument("--epsilon", type=unit_float, nargs="+", default=[0.0, 0.05, 0.2],
                    help="random valid action with this probability; episodes split evenly over the values")
     p.add_argument("--per_episode", type=positive_int, default=100, help="steps kept per episode, drawn at random")
     p.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", default=DEFAULT_VAE)
     p.add_argument("--rnn", default=DEFAULT_RNN)
     p.add_argument("--out", default="starts/dream_starts.npz")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     return p
 
 
@@ -136,8 +137,8 @@ def from_series(args, rnn, rng) -> tuple[dict, int, str]:
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not all(0.0 <= e <= 1.0 for e in args.epsilon):
-        fail(parser, f"--epsilon values must be in [0, 1], got {args.epsilon}")
+    check_output_file(parser, args.out, "--out")
+    remove_stale_temps([args.out])
     require_file(parser, args.rnn, "MDN-RNN file")
     require_file(parser, args.controller or args.series, "controller file" if args.controller else "series file")
     if args.controller:

@@ -11,7 +11,8 @@ import time
 import quiet  # noqa: F401  (first: gym's banner hidden before anything imports gym)
 import baselines
 from bin_packing_environment import PRESETS
-from stages_common import atomic_write_json
+from stages_common import (MAX_EPISODES, atomic_write_json, bounded_int, check_output_dir, episode_count, fail,
+                           seed_int)
 
 
 # Published results on perfect_pack (final waste = minus the mean total reward): reference lines.
@@ -101,11 +102,16 @@ def bar_chart(rows, path):
     return {"pixels_per_waste": per, "far": [r["policy"] for r, f in zip(rows, far) if f]}
 
 
+DEFAULT_AGENT = {"agent": "log/binpacking.cma.16.64.best.json", "vae": "vae/vae.json", "rnn": "rnn/rnn.json"}
+
+
 def evaluate_agent(args):
     """The world-model agent (V + M + C) on the real environment, same seed stream as the baselines."""
-    from controller import Controller, evaluate_real, load_params, load_rnn, load_vae
+    from bin_packing_environment import preset_config
+    from controller import Controller, check_bin_size, evaluate_real, load_params, load_rnn, load_vae
     start = time.time()
-    rnn, vae = load_rnn(args.rnn), load_vae(args.vae)
+    rnn, vae = load_rnn(args.rnn), load_vae(args.vae)            # ValueError naming the file if unusable
+    check_bin_size(rnn, args.rnn, preset_config(args.preset), args.preset)
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     params = load_params(args.agent, controller)
     totals = evaluate_real(controller, params, vae, rnn, args.preset, args.agent_episodes, args.seed,
@@ -115,24 +121,32 @@ def evaluate_agent(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--episodes", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--episodes", type=episode_count, default=1000)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
     parser.add_argument("--out_dir", default="results")
-    parser.add_argument("--agent", default="log/binpacking.cma.16.64.best.json", help="controller parameters")
-    parser.add_argument("--agent_episodes", type=int, default=1000,
+    parser.add_argument("--agent", default=None, help=f"controller parameters (default: {DEFAULT_AGENT['agent']})")
+    parser.add_argument("--agent_episodes", type=bounded_int(0, MAX_EPISODES), default=1000,
                         help="episodes for the world-model agent (V encodes ~5,000 frames/s on 2 cores)")
-    parser.add_argument("--vae", default="vae/vae.json")
-    parser.add_argument("--rnn", default="rnn/rnn.json")
+    parser.add_argument("--vae", default=None, help=f"default: {DEFAULT_AGENT['vae']}")
+    parser.add_argument("--rnn", default=None, help=f"default: {DEFAULT_AGENT['rnn']}")
     args = parser.parse_args()
-    if args.episodes < 1 or args.agent_episodes < 0:
-        parser.error("--episodes must be >= 1 and --agent_episodes >= 0")
+    # a file named on the command line must be there; without the shipped files: baselines only
+    for flag, default in DEFAULT_AGENT.items():
+        path = getattr(args, flag)
+        if path is not None and not os.path.isfile(path):
+            fail(parser, f"--{flag} {path} " + ("is a directory, not a file" if os.path.isdir(path) else "not found"))
+        setattr(args, flag, path or default)
+    check_output_dir(parser, args.out_dir, "--out_dir")
     rows = []
     agent = f"the world-model agent on {args.agent_episodes} episodes, " if args.agent_episodes else ""
     print(f"{args.preset}, seed {args.seed}: {agent}each baseline on {args.episodes}", flush=True)
     if args.agent_episodes:
         if all(os.path.exists(p) for p in (args.agent, args.vae, args.rnn)):
-            rows.append(evaluate_agent(args))
+            try:
+                rows.append(evaluate_agent(args))
+            except ValueError as e:
+                fail(parser, str(e))
         else:
             print(f"no shipped agent found ({args.agent}, {args.vae}, {args.rnn}): baselines only", flush=True)
     for name, policy in baselines.POLICIES.items():

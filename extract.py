@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import sys
 import time
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from bin_packing_environment import PRESETS, episode_seeds, make_config, preset_config
 from components.rollouts import disk_bytes, run_episodes, scripted_policy
+from stages_common import MAX_EPISODES, check_output_dir, finite_float, remove_stale_record_temps, seed_int
 
 POLICIES = ("random", "epsilon_best_fit", "epsilon_sum_of_squares")
 
@@ -37,17 +37,17 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Write scripted bin packing episodes (pictures) to record_dir.")
     parser.add_argument("--episodes", type=int, required=True, help="number of episodes to write")
     parser.add_argument("--policy", default="epsilon_best_fit", help=f"one of {', '.join(POLICIES)}")
-    parser.add_argument("--epsilon", type=float, default=0.3, help="exploration rate of the epsilon_ policies")
+    parser.add_argument("--epsilon", type=finite_float, default=0.3, help="exploration rate of the epsilon_ policies")
     parser.add_argument("--workers", type=int, default=1, help="processes")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--record_dir", default="record")
     parser.add_argument("--preset", default="perfect_pack", help=f"one of {', '.join(sorted(PRESETS))}")
     parser.add_argument("--time_horizon", type=int, default=None, help="override the preset's horizon")
     parser.add_argument("--batch", type=int, default=16, help="episodes stepped together per worker")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.episodes < 1:
-        parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    if not 1 <= args.episodes <= MAX_EPISODES:
+        parser.error(f"--episodes must be >= 1 and <= {MAX_EPISODES}, got {args.episodes}")
     if args.policy not in POLICIES:
         parser.error(f"unknown --policy {args.policy!r}; choose one of {', '.join(POLICIES)}")
     if not 0.0 <= args.epsilon <= 1.0:
@@ -56,8 +56,6 @@ def parse_args(argv=None):
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.batch < 1:
         parser.error(f"--batch must be >= 1, got {args.batch}")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.preset not in PRESETS:
         parser.error(f"unknown --preset {args.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
     config = preset_config(args.preset, args.time_horizon)
@@ -65,10 +63,9 @@ def parse_args(argv=None):
         args.config = make_config(config)
     except ValueError as e:
         parser.error(str(e))
-    try:
-        os.makedirs(args.record_dir, exist_ok=True)
-    except OSError as e:
-        parser.error(f"cannot create --record_dir {args.record_dir!r}: {e.strerror or e}")
+    check_output_dir(parser, args.record_dir, "--record_dir")
+    for path in remove_stale_record_temps(args.record_dir):
+        print(f"removed {path}, left by a killed run")
     return args
 
 

@@ -14,7 +14,9 @@ import time
 import numpy as np
 
 from bin_packing_environment import PRESETS, BatchBinPacking, episode_seeds, preset_config
-from controller import DEFAULT_RNN, DEFAULT_VAE, Controller, evaluate_real, load_params, load_rnn, load_vae
+from controller import (DEFAULT_RNN, DEFAULT_VAE, Controller, check_bin_size, evaluate_real, load_params, load_rnn,
+                        load_vae)
+from stages_common import episode_count, positive_int, seed_int
 
 
 def render(controller, params, vae, rnn, config, seed, fps=20, max_frames=None):
@@ -48,21 +50,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate (norender) or watch (render) a trained controller.")
     parser.add_argument("mode", choices=["norender", "render"])
     parser.add_argument("params_file", help="e.g. log/binpacking.cma.16.64.best.json")
-    parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0, help="evaluation seed (episodes from the 'eval' stream)")
+    parser.add_argument("--episodes", type=episode_count, default=100)
+    parser.add_argument("--seed", type=seed_int, default=0, help="evaluation seed (episodes from the 'eval' stream)")
     parser.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
-    parser.add_argument("--time_horizon", type=int, default=None, help="override the preset's horizon")
-    parser.add_argument("--batch", type=int, default=500, help="episodes stepped together (V encodes them in one call)")
+    parser.add_argument("--time_horizon", type=positive_int, default=None, help="override the preset's horizon")
+    parser.add_argument("--batch", type=positive_int, default=500,
+                        help="episodes stepped together (V encodes them in one call)")
     parser.add_argument("--vae", default=DEFAULT_VAE)
     parser.add_argument("--rnn", default=DEFAULT_RNN)
     args = parser.parse_args(argv)
-    if args.episodes < 1 or args.batch < 1:
-        parser.error("--episodes and --batch must be >= 1")
-    if args.time_horizon is not None and args.time_horizon < 1:
-        parser.error("--time_horizon must be >= 1")
     config = preset_config(args.preset, args.time_horizon)
     try:
         rnn = load_rnn(args.rnn)
+        check_bin_size(rnn, args.rnn, config, args.preset)
         controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
         params = load_params(args.params_file, controller)
         vae = load_vae(args.vae)

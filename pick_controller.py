@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 
-from stages_common import atomic_write_json
+from stages_common import atomic_write_json, check_output_file
 
 
 def load_run(path: str) -> tuple[list, float]:
@@ -49,6 +49,7 @@ def main(argv=None):
     parser.add_argument("runs", nargs="+", help="each run's binpacking.cma.<E>.<P>.best.json")
     parser.add_argument("--out", required=True, help="where the chosen run's .best.json is copied")
     args = parser.parse_args(argv)
+    check_output_file(parser, args.out, "--out")
     chosen, runs = pick(args.runs)
     for i, (path, (_, reward)) in enumerate(zip(args.runs, runs)):
         print(f"{'*' if i == chosen else ' '} {reward:8.2f}  {path}")

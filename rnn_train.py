@@ -53,9 +53,9 @@ from tqdm import tqdm
 
 from rnn.rnn import MIXTURES, MLP_HPARAMS, TRANSITIONS, Z_INPUTS, z_nll
 from series import Series
-from stages_common import (atomic_write_json, atomic_write_npz, fail, holdout_mask, non_negative_int,
-                           parse_fraction, positive_float, positive_int, read_checkpoint, require_file,
-                           restore_optimizer, sha256_file)
+from stages_common import (atomic_write_json, atomic_write_npz, check_output_dir, fail, holdout_mask,
+                           non_negative_int, parse_fraction, positive_float, positive_int, read_checkpoint,
+                           remove_stale_temps, require_file, restore_optimizer, seed_int, sha256_file)
 
 CHECKPOINT = os.path.join("checkpoint", "rnn_checkpoint.npz")
 RESUME_FLAGS = ("seed", "seq_len", "batch_size", "learning_rate", "grad_clip", "hidden_size",
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this M's weights (rnn.json) with a new optimizer (e.g. to go on at a lower "
                         "--learning_rate); it must have the same sizes, --mixture and --z_input")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     return p
 
 
@@ -203,6 +203,9 @@ def initial_z(series: Series, episodes, limit: int, seed: int) -> dict:
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_output_dir(parser, args.out_dir, "--out_dir")
+    remove_stale_temps([os.path.join(args.out_dir, name) for name in
+                        ("rnn.json", "initial_z.json", "provenance.json", "rnn_report.json", CHECKPOINT)])
     require_file(parser, args.series, "series file")
     try:
         series = Series(args.series)

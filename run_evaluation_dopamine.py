@@ -34,24 +34,22 @@ class UsageError(Exception):
 
 
 def parse_args(argv=None):
+    from stages_common import episode_count, positive_int, seed_int
     parser = argparse.ArgumentParser(description="Train masked Rainbow (Dopamine, JAX) on bin packing.")
     parser.add_argument("--base_dir", required=True, help="experiment directory (checkpoints, logs)")
     parser.add_argument("--gin_files", action="append", default=None,
                         help="gin config file (repeatable; default test_configs/rainbow.gin)")
     parser.add_argument("--gin_bindings", action="append", default=[],
                         help="gin binding overriding the files, e.g. 'Runner.num_iterations=5' (repeatable)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the agent and the episodes")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seeds the agent and the episodes")
     parser.add_argument("--record", action="store_true", help="write every episode played to --record_dir")
     parser.add_argument("--record_dir", default="record")
-    parser.add_argument("--eval_episodes", type=int, default=100, help="greedy episodes after training")
-    parser.add_argument("--eval_batch", type=int, default=100, help="episodes played at once in the final evaluation")
+    parser.add_argument("--eval_episodes", type=episode_count, default=100, help="greedy episodes after training")
+    parser.add_argument("--eval_batch", type=positive_int, default=100,
+                        help="episodes played at once in the final evaluation")
     args = parser.parse_args(argv)
     if args.gin_files is None:
         args.gin_files = [os.path.join(REPO_ROOT, "test_configs", "rainbow.gin")]
-    if args.eval_episodes < 1:
-        parser.error(f"--eval_episodes must be >= 1, got {args.eval_episodes}")
-    if args.eval_batch < 1:
-        parser.error(f"--eval_batch must be >= 1, got {args.eval_batch}")
     return args
 
 
@@ -90,6 +88,9 @@ def main(argv=None):
         _check_writable(args.base_dir, "base_dir")
         if args.record:
             _check_writable(args.record_dir, "record_dir")
+            from stages_common import remove_stale_record_temps
+            for path in remove_stale_record_temps(args.record_dir):
+                print(f"removed {path}, left by a killed run")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,8 +42,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from stages_common import (EpisodeReader, atomic_write_npz, episode_name, fail, non_negative_int, positive_int,
-                           require_file, sha256_file)
+from stages_common import (EpisodeReader, atomic_write_npz, check_output_file, episode_name, fail, non_negative_int,
+                           positive_int, remove_stale_temps, require_file, sha256_file)
 
 PICTURE_SHAPE = [64, 64, 3]
 # What series.npz must hold (Series refuses a file without one of them).
@@ -73,6 +73,10 @@ class Series:
                 raise ValueError(f"series file {path}: {k} has {len(d[k])} rows, episode_lengths sum to {total}")
         if d["mu"].ndim != 2 or d["mu"].shape != d["logvar"].shape or d["action_mask"].ndim != 2:
             raise ValueError(f"series file {path}: mu/logvar must be (T, z) and action_mask (T, actions)")
+        for k in ("mu", "logvar", "reward"):
+            if not np.isfinite(d[k]).all():
+                raise ValueError(f"series file {path}: {k} holds non-finite values (nan or inf); "
+                                 "encode it again with a sound VAE (series.py)")
         if len(d["episode_names"]) != len(self.lengths):
             raise ValueError(f"series file {path}: {len(d['episode_names'])} names for {len(self.lengths)} episodes")
         self.mu, self.logvar = d["mu"], d["logvar"]
@@ -288,6 +292,8 @@ def add_items(parser, args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_output_file(parser, args.out, "--out")
+    remove_stale_temps([args.out])
     if args.add_items:
         return add_items(parser, args)
     if not os.path.isdir(args.record_dir):

@@ -183,6 +183,147 @@ def non_negative_float(text: str) -> float:
     return _finite_float(text, lambda v: v >= 0, "a number >= 0")
 
 
+def finite_float(text: str) -> float:
+    """Any finite number (nan and inf refused): for flags whose range is checked after parsing."""
+    return _finite_float(text, lambda v: True, "a finite number")
+
+
+def unit_float(text: str) -> float:
+    """A probability or share: a number in [0, 1] (nan refused)."""
+    return _finite_float(text, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+# Every --seed: numpy's legacy seeding (cma seeds it with --seed + 1) takes integers below 2**32.
+SEED_MAX = 2 ** 32 - 2
+# Episode counts: 10**7 episodes' seeds and totals are a few hundred MB; more cannot be allocated.
+MAX_EPISODES = 10 ** 7
+
+
+def _bounded_int(text: str, minimum: int, maximum: int, why: str = "") -> int:
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise argparse.ArgumentTypeError(f"must be <= {maximum}{why}, got {value}")
+    return value
+
+
+def bounded_int(minimum: int, maximum: int, why: str = ""):
+    """argparse type: an integer in [minimum, maximum]; `why` explains the upper bound."""
+    def parse(text: str) -> int:
+        return _bounded_int(text, minimum, maximum, why)
+    return parse
+
+
+def seed_int(text: str) -> int:
+    """argparse type of every --seed: an integer in [0, SEED_MAX]."""
+    return _bounded_int(text, 0, SEED_MAX)
+
+
+def episode_count(text: str) -> int:
+    """argparse type of episode counts: 1 .. MAX_EPISODES."""
+    return _bounded_int(text, 1, MAX_EPISODES, " (more episodes do not fit in memory)")
+
+
+# ---------------------------------------------------------------- output locations
+
+
+def _unwritable(directory: str) -> str | None:
+    """Why no file can be written in `directory`, or None: it is created if missing and a real temp
+    file is written in it. What the probe created is removed again (the stage's writers create their
+    directories), so a run that stops on a later check leaves nothing behind."""
+    import tempfile
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        return "it is a file, not a directory"
+    missing, d = [], os.path.abspath(directory)
+    while not os.path.exists(d) and os.path.dirname(d) != d:
+        missing.append(d)
+        d = os.path.dirname(d)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write_probe.", suffix=".tmp")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        for d in missing:                        # deepest first; a directory someone filled meanwhile stays
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+    return None
+
+
+def check_output_dir(parser, path: str, flag: str):
+    """Exit with one line naming `flag` unless `path` is (or can be made) a directory we can write in."""
+    why = _unwritable(path)
+    if why:
+        fail(parser, f"{flag} {path} is not a writable directory: {why}")
+
+
+def check_output_file(parser, path: str, flag: str):
+    """Exit with one line naming `flag` unless the file `path` can be written (not a directory; its
+    directory, created if missing, writable)."""
+    if os.path.isdir(path):
+        fail(parser, f"{flag} {path} is a directory; give a file name")
+    directory = os.path.dirname(path) or "."
+    why = _unwritable(directory)
+    if why:
+        fail(parser, f"{flag} {path}: cannot write in {directory}: {why}")
+
+
+# ---------------------------------------------------------------- leftovers of killed writers
+
+
+def remove_stale_temps(paths) -> list[str]:
+    """Remove the temp files that a killed writer of `paths` left next to them: ours only (the
+    atomic writers' `.<name>.<12 hex>.tmp`, weights_json's `<name>.tmp`, and the write probes).
+    Call it at a stage's start, for the files that stage alone writes. Returns the removed paths."""
+    import re
+    removed = []
+    by_dir: dict[str, list[str]] = {}
+    for path in paths:
+        directory, name = os.path.split(os.path.abspath(path))
+        by_dir.setdefault(directory, []).append(re.escape(name))
+    for directory, names in by_dir.items():
+        names = "|".join(names)
+        pattern = re.compile(rf"\.({names})\.[0-9a-f]{{12}}\.tmp|({names})\.tmp|\.write_probe\.\w{{8}}\.tmp")
+        removed += _remove_matching(directory, pattern)
+    return removed
+
+
+def remove_stale_record_temps(record_dir: str, min_age_s: float = 60.0) -> list[str]:
+    """Remove the `tmpXXXXXXXX.npz.tmp` files a killed episode writer (write_episode_npz) left in
+    record_dir. Several recorders may share a record directory, so only files untouched for
+    min_age_s are removed (a live writer's file is seconds old)."""
+    import re
+    import time
+    return _remove_matching(record_dir, re.compile(r"tmp[a-z0-9_]{8}\.npz\.tmp"),
+                            lambda p: time.time() - os.path.getmtime(p) >= min_age_s)
+
+
+def _remove_matching(directory: str, pattern, keep_unless=None) -> list[str]:
+    removed = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for entry in entries:
+        path = os.path.join(directory, entry)
+        try:
+            if pattern.fullmatch(entry) and os.path.isfile(path) and (keep_unless is None or keep_unless(path)):
+                os.remove(path)
+                removed.append(path)
+        except OSError:                  # gone meanwhile, or not ours to remove: leave it
+            pass
+    return removed
+
+
 
 def int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
     """'100,10,100' -> [10, 100]: comma-separated integers >= minimum, sorted, each once."""

@@ -40,9 +40,10 @@ import numpy as np
 from tqdm import tqdm
 
 from bin_packing_environment import action_masks, decode_pictures
-from stages_common import (EpisodeReader, atomic_write_json, atomic_write_npz, episode_name, fail,
-                           holdout_mask, non_negative_int, parse_fraction, positive_float, positive_int,
-                           read_checkpoint, restore_optimizer)
+from stages_common import (EpisodeReader, atomic_write_json, atomic_write_npz, check_output_dir, episode_name, fail,
+                           finite_float, holdout_mask, non_negative_float, non_negative_int, parse_fraction,
+                           positive_float, positive_int, read_checkpoint, remove_stale_temps, restore_optimizer,
+                           seed_int)
 
 CHECKPOINT = os.path.join("checkpoint", "vae_checkpoint.npz")
 TARGETS = {"mask_exact": 0.99, "item_exact": 0.999}
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=10, help="World Models: 10")
     p.add_argument("--batch_size", type=positive_int, default=100, help="World Models: 100")
     p.add_argument("--learning_rate", type=positive_float, default=1e-4, help="Adam; World Models: 1e-4")
-    p.add_argument("--kl_tolerance", type=float, default=0.5,
+    p.add_argument("--kl_tolerance", type=finite_float, default=0.5,
                    help="free nats per z dim; World Models: 0.5 (16 nats in all), too few for V to draw "
                         "a lone bin: the small scale uses 4 (README, 'More free bits for V')")
     p.add_argument("--recon_loss", choices=("l2", "bce"), default="l2",
@@ -83,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of episodes held out for the fidelity report, e.g. 5%% (at least one)")
     p.add_argument("--eval_frames", type=positive_int, default=20000,
                    help="at most this many held-out frames in the fidelity report")
-    p.add_argument("--checkpoint_minutes", type=float, default=10.0,
+    p.add_argument("--checkpoint_minutes", type=non_negative_float, default=10.0,
                    help="also checkpoint within an epoch this often (0: only at epoch ends)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     return p
 
 
@@ -232,8 +233,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.kl_tolerance < 0:
         parser.error(f"--kl_tolerance must be >= 0, got {args.kl_tolerance}")
-    if args.checkpoint_minutes < 0:
-        parser.error(f"--checkpoint_minutes must be >= 0, got {args.checkpoint_minutes}")
+    check_output_dir(parser, args.out_dir, "--out_dir")
+    remove_stale_temps([os.path.join(args.out_dir, name) for name in ("vae.json", "vae_report.json", CHECKPOINT)])
     if not os.path.isdir(args.record_dir):
         fail(parser, f"record directory {args.record_dir} not found (record episodes first, e.g. extract.py)")
 

@@ -3,7 +3,8 @@
 A file is {"format": <tag>, <hyper-parameters>..., "weights": [{"name", "shape", "data"}, ...]}
 where data is the base64 of the values in C order, little-endian, in the file's dtype
 (float16 for V, float32 for M). Files are written atomically (temp file, then rename), and
-every problem in a file is a ValueError naming the file and what is wrong.
+every problem in a file is a ValueError naming the file and what is wrong (nan or inf
+weights included: neither is ever written).
 """
 import base64
 import binascii
@@ -41,8 +42,10 @@ def read_document(path, tag) -> dict:
     try:
         with open(path) as f:
             document = json.load(f)
-    except json.JSONDecodeError as e:
+    except ValueError as e:                   # JSONDecodeError, UnicodeDecodeError
         raise ValueError(f"{path}: not valid JSON (truncated or corrupt file?): {e}") from None
+    except OSError as e:                      # a directory, no permission...
+        raise ValueError(f"{path}: cannot read the file: {e.strerror or e}") from None
     found = require(document, "format", path)
     if found != tag:
         raise ValueError(f"{path}: format is {found!r}, expected {tag!r}")
@@ -71,5 +74,9 @@ def read_weights(document, path, shapes: dict, dtype) -> dict:
         expected_bytes = int(np.prod(shape)) * dtype.itemsize
         if len(raw) != expected_bytes:
             raise ValueError(f"{where}: data has {len(raw)} bytes, expected {expected_bytes}")
-        weights[name] = np.frombuffer(raw, dtype).astype(np.float32).reshape(shape)
+        values = np.frombuffer(raw, dtype)
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            raise ValueError(f"{where}: {bad} of its {values.size} values are nan or inf (a diverged training?)")
+        weights[name] = values.astype(np.float32).reshape(shape)
     return weights

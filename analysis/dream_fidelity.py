@@ -51,9 +51,10 @@ from tqdm import tqdm
 
 from baselines import evaluate_policy
 from bin_packing_environment import PRESETS, action_masks, decode_pictures, place_items, waste
-from stages_common import (EpisodeReader, atomic_write_json, episode_name, fail, holdout_mask, int_list,
-                           non_negative_float, non_negative_int, parse_fraction, positive_float, positive_int,
-                           require_file, sha256_file)
+from stages_common import (MAX_EPISODES, EpisodeReader, atomic_write_json, bounded_int, check_output_file,
+                           episode_count, episode_name, fail, holdout_mask, int_list, non_negative_float,
+                           non_negative_int, parse_fraction, positive_float, positive_int, remove_stale_temps,
+                           require_file, seed_int, sha256_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,20 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rnn_train.py's provenance.json (default: next to --rnn); gives the held-out episodes")
     p.add_argument("--no_provenance", action="store_true", help="ignore provenance.json; use --holdout/--split_seed")
     p.add_argument("--holdout", type=parse_fraction, default=0.05, help="split used without provenance.json")
-    p.add_argument("--split_seed", type=int, default=0, help="--seed of vae_train/rnn_train, without provenance.json")
-    p.add_argument("--episodes", type=positive_int, default=20, help="held-out episodes replayed at most")
+    p.add_argument("--split_seed", type=seed_int, default=0,
+                   help="--seed of vae_train/rnn_train, without provenance.json")
+    p.add_argument("--episodes", type=episode_count, default=20, help="held-out episodes replayed at most")
     p.add_argument("--temperature", type=positive_float, default=1.0,
                    help="M's sampling temperature (World Models' tau)")
     p.add_argument("--horizons", default="1,10,100,1000", help="comma-separated step counts")
     p.add_argument("--out", default="dream_fidelity.json")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--initial_z", default=None,
                    help="first-frame encodings the ranking dreams start from "
                         "(default: initial_z/initial_z.json beside the directory of --rnn)")
     p.add_argument("--ranking_horizons", default="100,1000",
                    help='comma-separated dream lengths of the policy ranking ("" turns it off)')
-    p.add_argument("--ranking_episodes", type=positive_int, default=64, help="dreams per policy and horizon")
-    p.add_argument("--ranking_real_episodes", type=positive_int, default=50,
+    p.add_argument("--ranking_episodes", type=episode_count, default=64, help="dreams per policy and horizon")
+    p.add_argument("--ranking_real_episodes", type=episode_count, default=50,
                    help="real episodes per policy (validation seeds, the preset's horizon)")
     p.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS), help="real environment of the ranking")
     p.add_argument("--dream_reward", choices=["m", "picture"], default="m",
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "dream by dream: how far apart can 16 dreams tell two candidates?")
     p.add_argument("--z_noise", type=non_negative_float, default=1.0,
                    help="scale of M's Gaussian noise in the closed-loop dreams (ranking, coherence), as train.py's")
-    p.add_argument("--coherence_dreams", type=non_negative_int, default=200,
+    p.add_argument("--coherence_dreams", type=bounded_int(0, MAX_EPISODES), default=200,
                    help="with the ranking on, Best Fit plays this many closed-loop dreams and every dreamed "
                         "picture is read: does the dream stay a packing? (0: off)")
     p.add_argument("--coherence_horizon", type=positive_int, default=100, help="steps of those dreams")
@@ -531,6 +533,8 @@ def main(argv=None):
         parser.error(str(e))
     if args.picture_every and args.dream_reward != "picture":
         parser.error("--picture_every needs --dream_reward picture")
+    check_output_file(parser, args.out, "--out")
+    remove_stale_temps([args.out])
     for path in args.ranking_controllers:
         require_file(parser, path, "controller file")
     if not os.path.isdir(args.record_dir):

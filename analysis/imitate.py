@@ -25,7 +25,8 @@ from baselines import POLICIES, evaluate_policy
 from bin_packing_environment import PRESETS, episode_seeds, preset_config
 from analysis.dream_fidelity import fixed_policies
 from controller import DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
-from stages_common import atomic_write_json, positive_float, positive_int, require_file
+from stages_common import (atomic_write_json, check_output_file, episode_count, non_negative_float, positive_float,
+                           positive_int, require_file, seed_int)
 
 TEACHERS = ("best_fit", "sum_of_squares")
 
@@ -75,20 +76,19 @@ def main(argv=None):
     parser.add_argument("--rnn", default=DEFAULT_RNN)
     parser.add_argument("--teacher", default="sum_of_squares", choices=TEACHERS)
     parser.add_argument("--rounds", type=positive_int, default=4, help="DAgger rounds")
-    parser.add_argument("--episodes", type=positive_int, default=32, help="real episodes played per round")
+    parser.add_argument("--episodes", type=episode_count, default=32, help="real episodes played per round")
     parser.add_argument("--steps", type=positive_int, default=1500, help="optimiser steps per fit")
     parser.add_argument("--learning_rate", type=positive_float, default=0.01)
-    parser.add_argument("--l2", type=float, default=1e-4, help="weight of |W|^2 in the loss")
-    parser.add_argument("--validation_episodes", type=positive_int, default=200)
+    parser.add_argument("--l2", type=non_negative_float, default=1e-4, help="weight of |W|^2 in the loss")
+    parser.add_argument("--validation_episodes", type=episode_count, default=200)
     parser.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
     parser.add_argument("--time_horizon", type=positive_int, default=None, help="override the preset's horizon")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--out", default="runs/imitate/controller.json")
     args = parser.parse_args(argv)
-    if args.l2 < 0:
-        parser.error(f"--l2 must be >= 0, got {args.l2}")
     require_file(parser, args.vae, "--vae")
     require_file(parser, args.rnn, "--rnn")
+    check_output_file(parser, args.out, "--out")
     vae, rnn = load_vae(args.vae), load_rnn(args.rnn)
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     config = preset_config(args.preset, args.time_horizon)

@@ -24,7 +24,7 @@ import numpy as np
 
 from baselines import best_fit, sum_of_squares
 from bin_packing_environment import PRESETS, BatchBinPacking, episode_seeds, make_config
-from stages_common import atomic_write_json, int_list, positive_int
+from stages_common import atomic_write_json, check_output_file, episode_count, int_list, seed_int
 
 POLICIES = {"best_fit": best_fit, "sum_of_squares": sum_of_squares}
 
@@ -66,13 +66,13 @@ def separation(diff: np.ndarray) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--episodes", type=positive_int, default=4000, help="episodes (windows) per start")
+    parser.add_argument("--episodes", type=episode_count, default=4000, help="episodes (windows) per start")
     parser.add_argument("--start_steps", default="200,500",
                         help="items Best Fit packs before the windows begin (comma-separated)")
     parser.add_argument("--windows", default="30,100,300,500",
                         help="window lengths in items (comma-separated)")
     parser.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS))
-    parser.add_argument("--seed", type=int, default=0, help="episodes come from the validation seed stream")
+    parser.add_argument("--seed", type=seed_int, default=0, help="episodes come from the validation seed stream")
     parser.add_argument("--out", default="results/window_signal.json")
     args = parser.parse_args(argv)
     try:
@@ -83,6 +83,7 @@ def main(argv=None):
     config = make_config(PRESETS[args.preset])
     if max(args.start_steps) >= config.time_horizon:
         parser.error(f"--start_steps must be below the preset's horizon ({config.time_horizon})")
+    check_output_file(parser, args.out, "--out")
     seeds = episode_seeds(args.seed, args.episodes, "validation")
     rows = []
     print("| start (items) | window (items) | Sum of Squares - Best Fit | std | windows for 2 stderr |")
