@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import zipfile
+from dataclasses import dataclass
 
 import quiet  # noqa: F401  (before gym: its unmaintained-banner hidden)
 import gym
@@ -224,17 +225,91 @@ def rollout_dream(controller, params, dream: BatchDream, episodes: int, rng: np.
     return total.reshape(P, episodes), dream.t * P * episodes
 
 
+# ---------------------------------------------------------------- what a dream is
+
+@dataclass(frozen=True)
+class DreamSpec:
+    """Everything that makes one dream differ from another, in one place: train.py trains C in
+    it, analysis.dream_fidelity measures it and BinPackingDream lets a person play it, so the
+    three see the same dream from the same flags (add_dream_arguments). The dream's length is
+    the caller's (train.py --time_horizon, dream_fidelity --ranking_horizons)."""
+    temperature: float = 1.0            # World Models' tau
+    z_noise: float = 1.0                # scale of the Gaussian noise of M's next z
+    reward: str = "m"                   # "m": M's reward head summed; "picture": waste read off V's pictures
+    picture_every: int = 0
+    starts: str | None = None           # dream_starts.npz: begin at recorded real states
+    empty_start_fraction: float = 0.0
+    common_random_numbers: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> "DreamSpec":
+        """The spec of flags parsed with add_dream_arguments (checked by dream_spec)."""
+        return cls(**{field: getattr(args, dest) for field, dest in DREAM_FLAGS.items()})
+
+    def batch_dream(self, rnn, initial_z: dict, horizon: int, rnn_path: str | None = None) -> BatchDream:
+        starts = load_dream_starts(self.starts, rnn, rnn_path) if self.starts else None
+        return BatchDream(rnn, initial_z, self.temperature, horizon, starts, self.empty_start_fraction, self.z_noise)
+
+    def rollout(self, controller, params, dream: BatchDream, episodes: int, rng: np.random.Generator,
+                vae=None, sample_actions: bool = False):
+        """rollout_dream with this dream's scoring; vae is needed for reward == "picture"."""
+        if self.reward == "picture" and vae is None:
+            raise ValueError("a dream scored by its pictures needs V (--vae)")
+        return rollout_dream(controller, params, dream, episodes, rng, sample_actions=sample_actions,
+                             common_random_numbers=self.common_random_numbers,
+                             picture_vae=vae if self.reward == "picture" else None, picture_every=self.picture_every)
+
+
+# argparse dest of each DreamSpec field
+DREAM_FLAGS = {"temperature": "temperature", "z_noise": "z_noise", "reward": "dream_reward",
+               "picture_every": "picture_every", "starts": "dream_starts",
+               "empty_start_fraction": "empty_start_fraction", "common_random_numbers": "common_random_numbers"}
+
+
+def add_dream_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that describe a dream, with the same names, defaults and help in every script."""
+    from stages_common import non_negative_float, non_negative_int, positive_float
+    g = p.add_argument_group("the dream")
+    g.add_argument("--temperature", type=positive_float, default=1.0, help="M's sampling temperature tau (World Models: 1)")
+    g.add_argument("--z_noise", type=non_negative_float, default=1.0,
+                   help="scale of the Gaussian noise of M's next z (1: World Models; 0: the sampled component's mean)")
+    g.add_argument("--dream_reward", choices=["m", "picture"], default="m",
+                   help="m: the sum of M's reward head (World Models); picture: the waste of the first dreamed "
+                        "packing minus that of the last, read off V's decoded pictures (needs --vae)")
+    g.add_argument("--picture_every", type=non_negative_int, default=0,
+                   help="with --dream_reward picture: 0 reads the last picture only; N > 0 averages the waste "
+                        "of one picture in N over the dream's second half (less noise, more decoding)")
+    g.add_argument("--dream_starts", default=None,
+                   help="begin each dream at a recorded real state (dream_starts.py) instead of an empty packing")
+    g.add_argument("--empty_start_fraction", type=non_negative_float, default=0.0,
+                   help="with --dream_starts: share of dreams begun at the empty packing instead (default 0)")
+    g.add_argument("--common_random_numbers", action="store_true",
+                   help="every candidate (or policy) plays the same dreams: same starts and random draws")
+
+
+def dream_spec(parser: argparse.ArgumentParser, args) -> DreamSpec:
+    """The DreamSpec of parsed flags; combinations that make no sense are parser errors."""
+    if args.picture_every and args.dream_reward != "picture":
+        parser.error("--picture_every needs --dream_reward picture")
+    if args.empty_start_fraction > 1:
+        parser.error(f"--empty_start_fraction must be in [0, 1], got {args.empty_start_fraction}")
+    if args.empty_start_fraction and not args.dream_starts:
+        parser.error("--empty_start_fraction needs --dream_starts (without them every dream begins empty)")
+    return DreamSpec.from_args(args)
+
+
 class BinPackingDream(gym.Env):
     """One dream as a gym environment. With a VAE, real_obs is the decoded picture of z."""
 
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, rnn_path=DEFAULT_RNN, initial_z_path=DEFAULT_INITIAL_Z, vae_path=None,
-                 temperature=1.0, time_horizon=1000):
+                 temperature=1.0, time_horizon=1000, spec: DreamSpec | None = None):
         super().__init__()
         self.rnn = load_rnn(rnn_path)
         self.vae = load_vae(vae_path) if vae_path else None
-        self.dream = BatchDream(self.rnn, load_initial_z(initial_z_path), temperature, time_horizon)
+        self.spec = spec or DreamSpec(temperature=temperature)
+        self.dream = self.spec.batch_dream(self.rnn, load_initial_z(initial_z_path), time_horizon, rnn_path)
         A, Z, H = self.rnn.action_size, self.rnn.z_size, self.rnn.hidden_size
         self.action_space = spaces.Discrete(A)
         obs_spaces = {"action_mask": spaces.Box(0, 1, (A,), np.uint8),
@@ -278,18 +353,21 @@ class BinPackingDream(gym.Env):
 
 
 def main(argv=None):
+    from stages_common import positive_int, seed_int
     parser = argparse.ArgumentParser(description="Play the dream with the keyboard (pictures decoded by V).")
     parser.add_argument("--rnn", default=DEFAULT_RNN)
     parser.add_argument("--vae", default=DEFAULT_VAE)
     parser.add_argument("--initial_z", default=DEFAULT_INITIAL_Z)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scale", type=int, default=8)
+    parser.add_argument("--time_horizon", type=positive_int, default=1000, help="steps of one dream")
+    parser.add_argument("--seed", type=seed_int, default=0)
+    parser.add_argument("--scale", type=positive_int, default=8, help="screen pixels per picture pixel")
+    add_dream_arguments(parser)                      # the same dream C trains in, from the same flags
     args = parser.parse_args(argv)
+    spec = dream_spec(parser, args)
     from play import play, require_display
     require_display("dream_env.py")                  # one line and exit 1, not a crash, with no screen
     try:
-        env = BinPackingDream(args.rnn, args.initial_z, args.vae, args.temperature)
+        env = BinPackingDream(args.rnn, args.initial_z, args.vae, time_horizon=args.time_horizon, spec=spec)
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
     play(env, seed=args.seed, scale=args.scale)

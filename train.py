@@ -31,8 +31,9 @@ import numpy as np
 
 from bin_packing_environment import PRESETS, episode_seeds, make_config
 from controller import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, Controller, load_rnn, load_vae, rollout_real
+from dream_env import DreamSpec, add_dream_arguments, dream_spec
 from stages_common import (atomic_write_json, atomic_write_pickle, bounded_int, changed_flags, check_output_dir,
-                           episode_count, non_negative_float, non_negative_int, positive_float, positive_int,
+                           episode_count, non_negative_float, positive_float, positive_int,
                            remove_stale_temps, seed_int, sha256_file)
 
 # Flags that define what CMA-ES optimises: a resumed run must keep them.
@@ -58,9 +59,6 @@ def parse_args(argv=None):
                    help="score the mean on the real env every N generations")
     p.add_argument("--eval_episodes", type=episode_count, default=100,
                    help="real episodes per evaluation (original: 1024)")
-    p.add_argument("--temperature", type=positive_float, default=1.0, help="dream temperature tau")
-    p.add_argument("--z_noise", type=non_negative_float, default=1.0,
-                   help="scale of the Gaussian noise of M's next z (1: World Models; 0: the sampled component's mean)")
     p.add_argument("--time_horizon", type=positive_int, default=None,
                    help="episode length while training (default: the preset's); evaluations use the preset's")
     p.add_argument("--eval_horizon", type=positive_int, default=None,
@@ -73,28 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--vae", default=DEFAULT_VAE)
     p.add_argument("--rnn", default=DEFAULT_RNN)
     p.add_argument("--initial_z", default=DEFAULT_INITIAL_Z)
-    p.add_argument("--common_random_numbers", action="store_true",
-                   help="score every candidate on the same dreams (same starts and random draws), so that "
-                        "CMA-ES compares their play rather than their luck (the original drew them apart)")
-    p.add_argument("--dream_reward", choices=["m", "picture"], default="m",
-                   help="m: the sum of M's reward head (World Models); picture: the waste of the first dreamed "
-                        "packing minus that of the last, read off V's decoded pictures (needs --vae)")
-    p.add_argument("--picture_every", type=non_negative_int, default=0,
-                   help="with --dream_reward picture: 0 reads the last picture only; N > 0 averages the waste "
-                        "of one picture in N over the dream's second half (less noise, more decoding)")
-    p.add_argument("--dream_starts", default=None,
-                   help="begin each dream at a recorded real state (dream_starts.py) instead of an empty packing; "
-                        "use with a short --time_horizon (e.g. 30)")
-    p.add_argument("--empty_start_fraction", type=non_negative_float, default=0.0,
-                   help="with --dream_starts: share of dreams begun at the empty packing instead, so C sees "
-                        "the start of an episode, rare among the recorded states (default 0)")
+    add_dream_arguments(p)     # --temperature --z_noise --dream_reward --dream_starts ... (dream_env.py)
     args = p.parse_args(argv)
-    if args.picture_every and args.dream_reward != "picture":
-        p.error("--picture_every needs --dream_reward picture")
-    if args.empty_start_fraction > 1:
-        p.error(f"--empty_start_fraction must be in [0, 1], got {args.empty_start_fraction}")
-    if args.empty_start_fraction and not args.dream_starts:
-        p.error("--empty_start_fraction needs --dream_starts (without them every dream begins empty)")
+    dream_spec(p, args)        # refuses flag combinations that describe no dream
     return p, args
 
 
@@ -153,7 +132,7 @@ class Scorer:
     """Scores parameter vectors in the dream or the real environment; one per worker."""
 
     def __init__(self, args, need_vae):
-        from dream_env import BatchDream, load_dream_starts, load_initial_z
+        from dream_env import load_initial_z
         self.args = args
         self.config = make_config(dict(PRESETS[args.preset], time_horizon=args.eval_horizon
                                        or PRESETS[args.preset]["time_horizon"]))
@@ -163,9 +142,7 @@ class Scorer:
         horizon = args.time_horizon or self.config.time_horizon
         self.train_config = dict(PRESETS[args.preset], time_horizon=horizon)
         if args.env == "dream":
-            starts = load_dream_starts(args.dream_starts, self.rnn, args.rnn) if args.dream_starts else None
-            self.dream = BatchDream(self.rnn, load_initial_z(args.initial_z), args.temperature, horizon, starts,
-                                    args.empty_start_fraction, args.z_noise)
+            self.dream = DreamSpec.from_args(args).batch_dream(self.rnn, load_initial_z(args.initial_z), horizon, args.rnn)
 
     def score(self, solutions, generation, rank):
         """Mean reward per solution and the real-environment steps it consumed."""
@@ -177,11 +154,8 @@ class Scorer:
         rng = np.random.default_rng([self.args.seed, generation] if self.args.common_random_numbers
                                     else [self.args.seed, generation, rank])
         if self.args.env == "dream":
-            from dream_env import rollout_dream
-            totals, _ = rollout_dream(self.controller, solutions, self.dream, self.args.num_episode, rng,
-                                      common_random_numbers=self.args.common_random_numbers,
-                                      picture_vae=self.vae if self.args.dream_reward == "picture" else None,
-                                      picture_every=self.args.picture_every)
+            totals, _ = DreamSpec.from_args(self.args).rollout(self.controller, solutions, self.dream, self.args.num_episode, rng,
+                                               vae=self.vae)
             return totals.mean(1), 0
         seeds = episode_seeds((self.args.seed, generation, rank), self.args.num_episode, "train")
         totals, steps = rollout_real(self.controller, solutions, self.vae, self.rnn, self.train_config, seeds)

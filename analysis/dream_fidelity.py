@@ -45,16 +45,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import asdict
 
 import numpy as np
 from tqdm import tqdm
 
 from baselines import evaluate_policy
 from bin_packing_environment import PRESETS, action_masks, decode_pictures, place_items, waste
+from dream_env import add_dream_arguments, dream_spec
 from stages_common import (MAX_EPISODES, EpisodeReader, atomic_write_json, bounded_int, check_output_file,
-                           episode_count, episode_name, fail, holdout_mask, int_list, non_negative_float,
-                           non_negative_int, parse_fraction, positive_float, positive_int, remove_stale_temps,
-                           require_file, seed_int, sha256_file)
+                           episode_count, episode_name, fail, holdout_mask, int_list, parse_fraction,
+                           positive_int, remove_stale_temps, require_file, seed_int, sha256_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,8 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split_seed", type=seed_int, default=0,
                    help="--seed of vae_train/rnn_train, without provenance.json")
     p.add_argument("--episodes", type=episode_count, default=20, help="held-out episodes replayed at most")
-    p.add_argument("--temperature", type=positive_float, default=1.0,
-                   help="M's sampling temperature (World Models' tau)")
     p.add_argument("--horizons", default="1,10,100,1000", help="comma-separated step counts")
     p.add_argument("--out", default="dream_fidelity.json")
     p.add_argument("--seed", type=seed_int, default=0)
@@ -83,28 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking_real_episodes", type=episode_count, default=50,
                    help="real episodes per policy (validation seeds, the preset's horizon)")
     p.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS), help="real environment of the ranking")
-    p.add_argument("--dream_reward", choices=["m", "picture"], default="m",
-                   help="the ranking dreams' reward: M's reward head summed, or the waste difference of the first "
-                        "and last dreamed pictures (as train.py --dream_reward)")
-    p.add_argument("--dream_starts", default=None,
-                   help="begin the ranking dreams at these recorded real states (dream_starts.py) instead of "
-                        "initial z: how well do short dreams from real states order the policies?")
-    p.add_argument("--picture_every", type=non_negative_int, default=0,
-                   help="with --dream_reward picture, average the end waste over one picture in N of the "
-                        "dream's second half (as train.py --picture_every; 0: the last picture only)")
     p.add_argument("--ranking_controllers", nargs="*", default=[],
                    help="controller files (train.py logs) ranked too, in the dream and on the same real "
                         "episodes: does the dream order trained controllers as the real environment does?")
-    p.add_argument("--ranking_paired", action="store_true",
-                   help="play every policy on the same random numbers, as train.py --common_random_numbers "
-                        "gives CMA-ES's candidates, and report each policy's dreamed reward minus Best Fit's "
+    p.add_argument("--ranking_paired", dest="common_random_numbers", action="store_true",
+                   help="the same as --common_random_numbers: every policy plays the same dreams, as CMA-ES's "
+                        "candidates do, and the report adds each policy's dreamed reward minus Best Fit's, "
                         "dream by dream: how far apart can 16 dreams tell two candidates?")
-    p.add_argument("--z_noise", type=non_negative_float, default=1.0,
-                   help="scale of M's Gaussian noise in the closed-loop dreams (ranking, coherence), as train.py's")
     p.add_argument("--coherence_dreams", type=bounded_int(0, MAX_EPISODES), default=200,
                    help="with the ranking on, Best Fit plays this many closed-loop dreams and every dreamed "
                         "picture is read: does the dream stay a packing? (0: off)")
     p.add_argument("--coherence_horizon", type=positive_int, default=100, help="steps of those dreams")
+    add_dream_arguments(p)     # the dream measured: the same flags as train.py's (dream_env.DreamSpec)
     return p
 
 
@@ -134,13 +123,16 @@ def dream(vae, rnn, episodes: list, temperature: float, rng: np.random.Generator
 
 
 def one_step_legality(vae, rnn, episodes: list, temperature: float, rng: np.random.Generator,
-                      chunk: int = 2000) -> dict:
+                      chunk: int = 2000, z_noise: float = 1.0) -> dict:
     """How often one step obeys the packing's rules (legal_moves), as V reads the real pictures.
 
     "v": V's reading of a real frame and of the next one (the real action between them): the
     ceiling for any dream drawn with this V. "m": M fed the real z and actions along each episode
     (teacher-forced), one step sampled from a real state and read off its picture, against V's
-    reading of that real state: M's transition on its own, before any drift.
+    reading of that real state: M's transition on its own, before any drift. With z_noise other
+    than 1, "m_z_noise" is the same with M's Gaussian noise scaled by it (as the dream C trains in
+    draws), from the same step outputs. For an M with the mlp transition the sample draws the
+    next item from its item head and runs its MLP.
     """
     def read(z):
         return np.concatenate([decode_pictures(vae.decode(z[i:i + chunk]), rnn.action_size)
@@ -157,15 +149,24 @@ def one_step_legality(vae, rnn, episodes: list, temperature: float, rng: np.rand
         actions[i, :n] = ep["action"]
     h, c = rnn.initial_state(len(episodes))
     sampled = np.zeros_like(z)                                  # [:, t]: M's sample of frame t + 1
+    quiet = np.zeros_like(z) if z_noise != 1.0 else None       # the same at z_noise
     for t in range(T - 1):
         h, c, out = rnn.step(z[:, t], actions[:, t], h, c)
         sampled[:, t] = rnn.sample_next_z(out, temperature, rng)
+        if quiet is not None:
+            quiet[:, t] = rnn.sample_next_z(out, temperature, rng, z_noise)
+    q_ok = []
     for i, n in enumerate(lengths):
         seen = read(mu[i, :n])
         v_ok.append(legal_moves(seen[:-1], actions[i, :n - 1], seen[1:]))
         m_ok.append(legal_moves(seen[:-1], actions[i, :n - 1], read(sampled[i, :n - 1])))
-    return {"v": float(np.concatenate(v_ok).mean()), "m": float(np.concatenate(m_ok).mean()),
-            "steps": int(sum(len(ok) for ok in v_ok))}
+        if quiet is not None:
+            q_ok.append(legal_moves(seen[:-1], actions[i, :n - 1], read(quiet[i, :n - 1])))
+    out = {"v": float(np.concatenate(v_ok).mean()), "m": float(np.concatenate(m_ok).mean()),
+           "steps": int(sum(len(ok) for ok in v_ok))}
+    if quiet is not None:
+        out.update(m_z_noise=float(np.concatenate(q_ok).mean()), z_noise=float(z_noise))
+    return out
 
 
 def decoded_masks(vae, dream_z, lengths, upto: int, bin_size: int, chunk: int = 2000) -> np.ndarray:
@@ -291,7 +292,7 @@ def pairs_in_order(dream: np.ndarray, real: np.ndarray) -> float:
 def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_episodes: int, config,
                   temperature: float = 1.0, seed: int = 0, vae=None, starts: dict | None = None, z_noise: float = 1.0,
                   picture_reward: bool = False, picture_every: int = 0, controllers: dict | None = None,
-                  paired: bool = False) -> dict:
+                  paired: bool = False, empty_start_fraction: float = 0.0) -> dict:
     """Best Fit vs Worst Fit in the dream (per horizon) and in the real env: same order?
 
     With a VAE, M also sums its predicted rewards along the real episodes ("M on real"): its
@@ -331,7 +332,7 @@ def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_epis
     rng = np.random.default_rng(seed)
     rows = []
     for k in horizons:
-        dream = BatchDream(rnn, initial_z, temperature, k, starts, z_noise=z_noise)
+        dream = BatchDream(rnn, initial_z, temperature, k, starts, empty_start_fraction, z_noise=z_noise)
         totals, _ = rollout_dream(controller, params, dream, dream_episodes, rng, common_random_numbers=paired,
                                   picture_vae=vae if picture_reward else None, picture_every=picture_every)
         means, spread = totals.mean(1), totals.std(1)
@@ -368,7 +369,8 @@ def legal_moves(before, actions, after, allowed=None) -> np.ndarray:
 
 
 def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temperature: float = 1.0,
-                    seed: int = 0, starts: dict | None = None, z_noise: float = 1.0) -> dict:
+                    seed: int = 0, starts: dict | None = None, z_noise: float = 1.0,
+                    empty_start_fraction: float = 0.0) -> dict:
     """Does a closed-loop dream stay a packing? Best Fit plays `dreams` dreams and every dreamed z
     is decoded (V, then decode_pictures) into the packing it shows.
 
@@ -388,7 +390,7 @@ def dream_coherence(vae, rnn, initial_z: dict, horizon: int, dreams: int, temper
     from controller import Controller
     controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
     best_fit = fixed_policies(controller)[:1]
-    dream = BatchDream(rnn, initial_z, temperature, horizon, starts, z_noise=z_noise)
+    dream = BatchDream(rnn, initial_z, temperature, horizon, starts, empty_start_fraction, z_noise=z_noise)
     obs = dream.reset(dreams, np.random.default_rng(seed))
     rows, agree, invalid, new_bins, legal, explained, added = [], [], [], [], [], [], []
     for t in range(horizon + 1):
@@ -531,8 +533,7 @@ def main(argv=None):
                             if args.ranking_horizons.strip() else [])
     except ValueError as e:
         parser.error(str(e))
-    if args.picture_every and args.dream_reward != "picture":
-        parser.error("--picture_every needs --dream_reward picture")
+    spec = dream_spec(parser, args)         # the dream measured, as train.py would build it
     check_output_file(parser, args.out, "--out")
     remove_stale_temps([args.out])
     for path in args.ranking_controllers:
@@ -585,7 +586,7 @@ def main(argv=None):
     upto = max(horizons)
     decoded = decoded_masks(vae, d["dream_z"], d["lengths"], upto, rnn.action_size)
     rows = score(eps, d, decoded, horizons)
-    legality = one_step_legality(vae, rnn, eps, args.temperature, rng)
+    legality = one_step_legality(vae, rnn, eps, args.temperature, rng, z_noise=args.z_noise)
 
     real = np.array([ep["reward"].sum() for ep in eps])
     dreamed = np.array([d["reward"][i, :n].sum() for i, n in enumerate(d["lengths"])])
@@ -597,7 +598,8 @@ def main(argv=None):
               "real": real.tolist(), "dreamed": dreamed.tolist()}
     table = markdown(rows, totals)
     table += (f"\nlegal moves of the packing, one step from each real state of these episodes ({legality['steps']} "
-              f"steps): V's reading of the real step {legality['v']:.1%}, M's sampled step {legality['m']:.1%}")
+              f"steps): V's reading of the real step {legality['v']:.1%}, M's sampled step {legality['m']:.1%}"
+              + (f" ({legality['m_z_noise']:.1%} at --z_noise {args.z_noise:g})" if "m_z_noise" in legality else ""))
     print(table)
 
     ranking = None
@@ -622,14 +624,15 @@ def main(argv=None):
                                 args.ranking_real_episodes, config, args.temperature, args.seed, vae=vae,
                                 starts=starts, picture_reward=args.dream_reward == "picture",
                                 picture_every=args.picture_every, controllers=controllers,
-                                paired=args.ranking_paired, z_noise=args.z_noise)
+                                paired=spec.common_random_numbers, z_noise=spec.z_noise,
+                                empty_start_fraction=spec.empty_start_fraction)
         ranking.update(initial_z=initial_z_path, preset=args.preset, dream_starts=args.dream_starts, z_noise=args.z_noise,
-                       dream_reward=args.dream_reward, picture_every=args.picture_every)
+                       dream_reward=args.dream_reward, picture_every=args.picture_every, dream=asdict(spec))
         ranking["table"] = ranking_markdown(ranking)
         print(ranking["table"])
         if args.coherence_dreams:
             c = dream_coherence(vae, rnn, initial_z, args.coherence_horizon, args.coherence_dreams,
-                                args.temperature, args.seed, starts, args.z_noise)
+                                args.temperature, args.seed, starts, args.z_noise, spec.empty_start_fraction)
             c["table"] = coherence_markdown(c)
             print("\ndoes the dream stay a packing? (Best Fit, closed loop)\n" + c["table"])
             ranking["coherence"] = c
