@@ -2,10 +2,10 @@
 
     python bench/run_all.py [--pipeline_summary runs/small/pipeline_summary.json]
 
-Runs bench_env.py, bench_rollouts.py and bench_dream.py as they are, measures V's training
-frames/s and peak memory, series encoding frames/s and M's training steps/s on small
-synthetic batches here, and collects the stage timings and final rewards that the training
-runs recorded (runs/small/*, results/evaluation.json) when they exist. Writes
+Runs bench_env.py, bench_rollouts.py, bench_dream.py and bench_rainbow.py as they are,
+measures V's training frames/s and peak memory, series encoding frames/s and M's training
+steps/s on small synthetic batches here, and collects the stage timings and final rewards that
+the training runs recorded (runs/small/*, results/evaluation.json) when they exist. Writes
 bench/results.json and bench/results.md (the table the README quotes).
 """
 import argparse
@@ -91,6 +91,7 @@ def main(argv=None):
                "environment": run_script("bench_env.py"),
                "rollouts": run_script("bench_rollouts.py"),
                "dream": run_script("bench_dream.py"),
+               "rainbow": run_script("bench_rainbow.py"),
                "models": model_speeds(),
                "recorded": recorded_runs(args.pipeline_summary)}
     with open(os.path.join(HERE, "results.json"), "w") as f:
@@ -103,6 +104,18 @@ def main(argv=None):
              f"{env['batch_no_pictures_steps_per_s']:,} ({env['ratio_batch_no_pictures']}x)")]
     rows += [(f"{r['what']}, episodes/s", r["episodes_per_s"]) for r in results["rollouts"]["rollouts"]]
     rows += [("Rainbow training steps/s", results["rollouts"]["rainbow_training"]["steps_per_s"])]
+    for r in results["rainbow"]["results"]:
+        name = os.path.basename(r["config"])
+        rows.append((f"Rainbow training steps/s ({name}), Dopamine's replay vs components/replay.py",
+                     f"{r['old']['steps_per_s']} vs {r['new']['steps_per_s']} ({r['speedup_steps_per_s']}x)"))
+        if "checkpoint" in r:
+            ck = r["checkpoint"]
+            rows.append((f"Rainbow checkpoint save, full {ck['pictures']}-picture replay ({name}), s",
+                         f"{ck['old']['save_s']} vs {ck['new']['save_s']} ({ck['save_speedup']}x)"))
+        if "iteration_estimate_s" in r:
+            it = r["iteration_estimate_s"]
+            rows.append((f"Rainbow iteration ({name}: {it['what']}), s",
+                         f"{it['old']} vs {it['new']} ({it['speedup']}x)"))
     rows += [(k, v) for k, v in models.items()]
     rows += [(f"dream steps/s, {dream['popsize']}x{dream['num_episode']} batched", dream["batched_dream_steps_per_s"]),
              (f"CMA-ES generation in the dream, {dream['horizon']} steps: batched vs one at a time (s)",

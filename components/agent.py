@@ -16,6 +16,17 @@ Masking (greedy = argmax of Q over valid actions, exploration uniform over valid
 Everything else - replay, training, checkpointing - is Dopamine's, configured in gin under
 `JaxRainbowAgent.*` like any Dopamine agent; the network must be bound to
 `@MaskedRainbowNetwork` (checked at construction).
+
+Replay (`fast_replay`, gin `MaskedJaxRainbowAgent.fast_replay`, default True): the buffer is
+`components.replay.FastPrioritizedReplayBuffer`, Dopamine's prioritized buffer with batched
+sampling, a sampling RNG seeded by the agent's seed and level-1 gzip checkpoints - the same
+batches as Dopamine's buffer given the same draws (bench/bench_rainbow.py times both, and
+tests/test_dopamine.py checks that both paths train the same agent). fast_replay=False is
+Dopamine's buffer, drawing from Python's unseeded global `random`.
+
+Checkpoints also hold the acting RNG key and the replay's sampling RNG state (Dopamine
+keeps neither), so a run resumed from a checkpoint acts and samples as an uninterrupted
+one would; checkpoints without them (older ones) still load.
 """
 from __future__ import annotations
 
@@ -29,6 +40,7 @@ from dopamine.jax.agents.rainbow import rainbow_agent
 
 from components.masking import picture_action_mask
 from components.networks import MaskedRainbowNetwork
+from components.replay import FastPrioritizedReplayBuffer
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 10, 11))
@@ -49,13 +61,43 @@ def masked_select_action(network_def, params, state, rng, num_actions, eval_mode
 class MaskedJaxRainbowAgent(rainbow_agent.JaxRainbowAgent):
     """JaxRainbowAgent that never picks an invalid action (see the module docstring)."""
 
-    def __init__(self, num_actions, **kwargs):
+    def __init__(self, num_actions, fast_replay=True, **kwargs):
+        self._fast_replay = bool(fast_replay)
+        self._replay_seed = kwargs.get("seed")  # None: Dopamine seeds the agent from the clock
         super().__init__(num_actions, **kwargs)
         if not isinstance(self.network_def, MaskedRainbowNetwork):
             raise ValueError("MaskedJaxRainbowAgent needs JaxRainbowAgent.network = @MaskedRainbowNetwork, "
                              f"got {type(self.network_def).__name__}")
         self._batch_q = jax.jit(jax.vmap(lambda params, state: self.network_def.apply(
             params, state, self._support).q_values, in_axes=(None, 0)))
+
+    def _build_replay_buffer(self):
+        if not self._fast_replay:
+            return super()._build_replay_buffer()
+        if self._replay_scheme not in ("uniform", "prioritized"):
+            raise ValueError(f"Invalid replay scheme: {self._replay_scheme}")
+        return FastPrioritizedReplayBuffer(
+            observation_shape=self.observation_shape, stack_size=self.stack_size,
+            update_horizon=self.update_horizon, gamma=self.gamma,
+            observation_dtype=self.observation_dtype, sampling_seed=self._replay_seed)
+
+    def bundle_and_checkpoint(self, checkpoint_dir, iteration_number):
+        bundle = super().bundle_and_checkpoint(checkpoint_dir, iteration_number)
+        if bundle is not None:
+            bundle["rng"] = onp.asarray(self._rng)  # jax.random.PRNGKey: a raw uint32 key
+            if isinstance(self._replay, FastPrioritizedReplayBuffer):
+                bundle["replay_sampling_rng"] = self._replay._sampling_rng.getstate()
+        return bundle
+
+    def unbundle(self, checkpoint_dir, iteration_number, bundle_dictionary):
+        if not super().unbundle(checkpoint_dir, iteration_number, bundle_dictionary):
+            return False
+        if bundle_dictionary is not None:
+            if "rng" in bundle_dictionary:
+                self._rng = jnp.asarray(bundle_dictionary["rng"], jnp.uint32)
+            if "replay_sampling_rng" in bundle_dictionary and isinstance(self._replay, FastPrioritizedReplayBuffer):
+                self._replay._sampling_rng.setstate(bundle_dictionary["replay_sampling_rng"])
+        return True
 
     def _select_action(self):
         self._rng, action = masked_select_action(

@@ -137,6 +137,111 @@ def test_training_never_takes_invalid_actions_records_and_resumes(tmp_path, caps
     assert "resuming" in out and "from iteration 2" in out
     assert json.loads(out.strip().splitlines()[-1])["train_steps"] == 300
     assert len(taken) == 450
+    # ... and ends where an uninterrupted run ends: same parameters, acting key, evaluation returns.
+    straight = tmp_path / "straight"
+    code, out, err = _run(capsys, f"--base_dir={straight}", f"--gin_files={TINY}", "--seed", "3",
+                          "--gin_bindings=Runner.num_iterations=3", "--eval_episodes", "2")
+    assert code == 0, err
+    assert "resuming" not in out
+    resumed, uninterrupted = _checkpoint(base, 2), _checkpoint(straight, 2)
+    for a, b in zip(_leaves(resumed["online_params"]), _leaves(uninterrupted["online_params"])):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(resumed["rng"], uninterrupted["rng"])
+    assert resumed["logs"]["iteration_2"]["eval_episode_returns"] == \
+        uninterrupted["logs"]["iteration_2"]["eval_episode_returns"]
+    # The learning curve reads the logs, all three iterations of the resumed run.
+    from components import plot_curve
+    curve = plot_curve.load_curve(str(base))
+    np.testing.assert_array_equal(curve["training_steps"], [100, 200, 300])
+    np.testing.assert_array_equal(curve["eval_episodes"], [1, 1, 1])
+    assert np.isfinite(curve["eval_mean"]).all() and np.isnan(curve["eval_stderr"]).all()
+    assert curve["eval_mean"][2] == resumed["logs"]["iteration_2"]["eval_average_return"][0]
+    assert "300 training steps (3 iterations)" in plot_curve.default_title(curve)
+    png = tmp_path / "curve.png"
+    assert plot_curve.main(["--base_dir", str(base), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_curve.main(["--base_dir", str(tmp_path / "nothing")]) == 2
+
+
+def _checkpoint(base_dir, iteration):
+    from dopamine.discrete_domains import checkpointer
+    return checkpointer.Checkpointer(str(base_dir / "checkpoints")).load_checkpoint(iteration)
+
+
+def _leaves(tree):
+    import jax
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+@pytest.mark.parametrize("stack_size", [1, 3])
+def test_fast_replay_samples_dopamines_batches(stack_size):
+    """components.replay draws the batches Dopamine's buffer draws after random.seed(same seed)."""
+    import random
+    from dopamine.replay_memory.prioritized_replay_buffer import OutOfGraphPrioritizedReplayBuffer
+    from components.replay import FastPrioritizedReplayBuffer
+    kw = dict(observation_shape=(4, 4), stack_size=stack_size, replay_capacity=64, batch_size=16,
+              update_horizon=3, gamma=0.9)
+    dopamine, fast = OutOfGraphPrioritizedReplayBuffer(**kw), FastPrioritizedReplayBuffer(**kw, sampling_seed=5)
+    random.seed(5)
+    rng = np.random.default_rng(stack_size)
+    batches = 0
+    for step in range(300):  # wraps around the capacity 4 times; episodes end with and without a terminal
+        end = bool(rng.random() < 0.1)
+        transition = (rng.integers(0, 255, (4, 4), dtype=np.uint8), int(rng.integers(5)), float(rng.normal()),
+                      end and bool(rng.random() < 0.5))
+        priority = float(rng.random()) + 0.01 if rng.random() < 0.5 else dopamine.sum_tree.max_recorded_priority
+        for buffer in (dopamine, fast):
+            buffer.add(*transition, priority=priority, episode_end=end)
+        if step >= 20 and step % 3 == 0:
+            expected, got = dopamine.sample_transition_batch(), fast.sample_transition_batch()
+            for a, b in zip(expected, got):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
+            new_priorities = rng.random(16) + 0.01
+            dopamine.set_priority(expected[-2], new_priorities)
+            fast.set_priority(got[-2], new_priorities)
+            batches += 1
+    assert batches == 93
+    assert fast._sampling_rng.getstate() == random.getstate()   # drew as many numbers, in the same calls
+
+
+def test_fast_and_dopamine_replay_train_the_same_agent():
+    """fast_replay=True and False: same actions and bit-identical parameters after 200 steps."""
+    import random
+    import gin
+    import components.runner as runner
+    from components.replay import FastPrioritizedReplayBuffer
+
+    def build(fast):
+        gin.clear_config()
+        gin.add_config_file_search_path(ROOT)
+        gin.parse_config_files_and_bindings([TINY], [f"MaskedJaxRainbowAgent.fast_replay={fast}"])
+        env = runner.create_bin_packing_environment(seed=1)
+        agent = runner.create_masked_rainbow_agent(None, env, seed=1)
+        gin.clear_config()
+        return agent, env
+
+    agents = {fast: build(fast) for fast in (False, True)}
+    assert isinstance(agents[True][0]._replay, FastPrioritizedReplayBuffer)
+    assert agents[True][0]._replay._replay_capacity == 1000                # gin bindings reach the subclass
+    assert type(agents[False][0]._replay) is not FastPrioritizedReplayBuffer
+    random.seed(1)  # Dopamine's buffer samples with the global `random`
+    actions = {}
+    for fast, (agent, env) in agents.items():
+        taken, action = [], agent.begin_episode(env.reset())
+        for _ in range(200):
+            taken.append(int(action))
+            obs, reward, done, _ = env.step(action)
+            if done:
+                agent.end_episode(np.clip(reward, -1, 1), True)
+                action = agent.begin_episode(env.reset())
+            else:
+                action = agent.step(np.clip(reward, -1, 1), obs)
+        actions[fast] = taken
+        assert agent.training_steps == 201 and agent._replay.add_count == 200
+    assert actions[False] == actions[True]
+    for a, b in zip(_leaves(agents[False][0].online_params), _leaves(agents[True][0].online_params)):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("argv, message", [
