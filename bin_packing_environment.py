@@ -816,12 +816,24 @@ if ENV_ID not in gym.envs.registry:
 # ---------------------------------------------------------------- keyboard play
 
 def main(argv=None):
+    def int_in(low, high):
+        """argparse type: an integer in [low, high] (stages_common's types import this module)."""
+        def parse(text):
+            try:
+                value = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            if not low <= value <= high:
+                raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+            return value
+        return parse
+
     parser = argparse.ArgumentParser(description="Play online bin packing with the keyboard.")
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int_in(0, 2 ** 32 - 2), default=0)
     parser.add_argument("--record", action="store_true", help="write the finished episode to --record_dir")
     parser.add_argument("--record_dir", default="record")
-    parser.add_argument("--scale", type=int, default=8, help="pixels per picture pixel")
+    parser.add_argument("--scale", type=int_in(1, 64), default=8, help="pixels per picture pixel")
     args = parser.parse_args(argv)
     from play import play, require_display
     require_display("bin_packing_environment.py")    # one line and exit 1, not a hang, with no screen

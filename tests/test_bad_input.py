@@ -23,6 +23,8 @@ SHIPPED_AGENT = os.path.join(ROOT, "log", "binpacking.cma.16.64.best.json")
 # "afile" is a file and "adir" a directory; /proc/x cannot be created.
 CASES = [
     (["baselines.py", "best_fit", "--seed", "-1"], "--seed"),
+    (["bin_packing_environment.py", "--seed", "-1"], "--seed"),
+    (["dream_env.py", "--z_noise", "nan"], "--z_noise"),
     (["baseline_best_fit.py", "--episodes", HUGE], "--episodes"),
     (["vae_train.py", "--seed", "-1"], "--seed"),
     (["vae_train.py", "--kl_tolerance", "nan"], "--kl_tolerance"),

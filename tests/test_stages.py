@@ -330,6 +330,7 @@ def test_training_windows_cover_episode_ends():
             self.reward = np.arange(8, dtype=np.float32)
             self.done = np.array([0, 0, 1, 0, 0, 0, 0, 1], np.float32)
             self.action_mask = np.eye(8, dtype=np.uint8)
+            self.item = None                                            # a series without item labels
     s = Fake()
     w = s.windows(np.array([0, 1]), np.array([0, 2]), np.array([3, 3]), 4, np.random.default_rng(0))
     assert w["weights"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 0]]
