@@ -519,7 +519,7 @@ def test_dream_fidelity_ranks_controller_files(installed, record, tmp_path):
     argv = ["--record_dir", record, "--vae", installed / "vae" / "vae.json", "--rnn", installed / "rnn" / "rnn.json",
             "--out", tmp_path / "f.json", "--ranking_horizons", "5", "--ranking_episodes", 4,
             "--ranking_real_episodes", 2, "--ranking_controllers", tmp_path / "bf.json",
-            "--dream_reward", "picture", "--picture_every", "2"]
+            "--dream_reward", "picture", "--picture_every", "2", "--coherence_dreams", 0]
     result, text = run(dream_fidelity.main, argv)
     r = result["policy_ranking"]
     name = str(tmp_path / "bf.json")
@@ -569,7 +569,7 @@ def test_dream_fidelity_ranks_in_dreams_begun_at_real_states(installed, record, 
                             "--out", tmp_path / "starts.npz"])
     argv = ["--record_dir", record, "--vae", installed / "vae" / "vae.json", "--rnn", rnn_json,
             "--out", tmp_path / "f.json", "--ranking_horizons", "5", "--ranking_episodes", 4,
-            "--ranking_real_episodes", 2, "--episodes", 1]
+            "--ranking_real_episodes", 2, "--episodes", 1, "--coherence_dreams", 0]
     plain, _ = run(dream_fidelity.main, argv)
     started, text = run(dream_fidelity.main, argv + ["--dream_starts", tmp_path / "starts.npz"])
     assert started["policy_ranking"]["dream_starts"] == str(tmp_path / "starts.npz") and "real states" in text
