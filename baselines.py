@@ -86,8 +86,8 @@ def evaluate_policy(policy, config="perfect_pack", episodes=1000, seed=0, batch=
             actions = policy(obs["state"], obs["action_mask"], rng, *extra)
             obs, reward, done, _ = env.step(actions)
             total += reward
-            if bar is not None:
-                bar.update(per_step)
+            if bar is not None:                             # never past this batch's end (float sums)
+                bar.update(max(0.0, min(per_step, start + len(chunk) - bar.n)))
         totals.append(total)
         if bar is not None:
             bar.update(start + len(chunk) - bar.n)          # exact at the end of each batch

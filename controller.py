@@ -160,7 +160,8 @@ def evaluate_real(controller, params, vae, rnn, config, episodes, seed, batch=50
         on_step = None
         if bar is not None:
             per_step = len(chunk) / make_config(config).time_horizon
-            on_step = lambda *_: bar.update(per_step)             # noqa: E731
+            end = i + len(chunk)                                  # never past this batch's end (float sums)
+            on_step = lambda *_: bar.update(max(0.0, min(per_step, end - bar.n)))   # noqa: E731
         totals.append(rollout_real(controller, params, vae, rnn, config, chunk, on_step=on_step)[0][0])
         if bar is not None:
             bar.update(i + len(chunk) - bar.n)
