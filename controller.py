@@ -89,22 +89,23 @@ def check_bin_size(rnn, rnn_path: str, config: dict, preset: str):
                          f"--preset {preset} has bin size {config['bin_size']}")
 
 
+def _model_file(path: str, what: str, name: str, stage: str) -> str:
+    """path, or ValueError naming what is wrong with it (missing, or a directory)."""
+    if not os.path.exists(path):
+        raise ValueError(f"{what} file {path} not found (train it with {stage}, then copy_models.py)")
+    if os.path.isdir(path):
+        raise ValueError(f"{what} file {path} is a directory; give the {name} file")
+    return path
+
+
 def load_rnn(path: str = DEFAULT_RNN):
     from rnn.rnn import RNNNumpy
-    if not os.path.exists(path):
-        raise ValueError(f"MDN-RNN file {path} not found (train it with rnn_train.py, then copy_models.py)")
-    if os.path.isdir(path):
-        raise ValueError(f"MDN-RNN file {path} is a directory; give the rnn.json file")
-    return RNNNumpy.from_json(path)
+    return RNNNumpy.from_json(_model_file(path, "MDN-RNN", "rnn.json", "rnn_train.py"))
 
 
 def load_vae(path: str = DEFAULT_VAE):
     from vae.vae import ConvVAE
-    if not os.path.exists(path):
-        raise ValueError(f"VAE file {path} not found (train it with vae_train.py, then copy_models.py)")
-    if os.path.isdir(path):
-        raise ValueError(f"VAE file {path} is a directory; give the vae.json file")
-    return ConvVAE.from_json(path)
+    return ConvVAE.from_json(_model_file(path, "VAE", "vae.json", "vae_train.py"))
 
 
 def rollout_real(controller: Controller, params, vae, rnn, config, seeds, rng=None, progress=False,

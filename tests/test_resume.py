@@ -7,29 +7,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = "binpacking.cma.2.4"
 GENERATIONS, KILL_AT = 30, 7
 
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A random VAE and a small random M (48 x 30 + 30 = 1470 parameters: cma's TPA step size,
-    as with the full controller's 8670) and initial z."""
-    from rnn.rnn import MDNRNN
-    from vae.vae import ConvVAE
-    d = tmp_path_factory.mktemp("models")
-    ConvVAE(seed=0).save_json(str(d / "vae.json"))
-    MDNRNN(hidden_size=16, seed=0).save_json(str(d / "rnn.json"))
-    rng = np.random.default_rng(0)
-    mask = np.zeros((5, 30), int)
-    mask[:, 0] = 1
-    json.dump({"mu": rng.normal(size=(5, 32)).tolist(), "logvar": (rng.normal(size=(5, 32)) - 2).tolist(),
-               "action_mask": mask.tolist()}, open(d / "initial_z.json", "w"))
-    return {k: str(d / f"{k}.json") for k in ("vae", "rnn", "initial_z")}
+# the random V and small M on disk (48 x 30 + 30 = 1470 controller parameters: cma uses its TPA
+# step size, as with the full controller's 8670)
+from test_controller import models  # noqa: E402,F401
 
 
 def train_cmd(models, log_dir):
