@@ -281,6 +281,25 @@ class MDNRNN:
         shape = tf.concat([tf.shape(z)[:2], [1, 1]], axis=0)
         return (tf.zeros(shape), (z + dz)[..., None], logsigma[..., None], reward[..., 0], done[..., 0], mask, item)
 
+    def _head_losses(self, reward, done_logit, mask_logit, rewards, dones, next_masks, weights_mask, n_steps):
+        """Reward MSE, done and mask cross-entropies over the real steps: the heads both transitions share."""
+        import tensorflow as tf
+        hp = self.hp
+        reward_mse = tf.reduce_sum(
+            tf.square(reward - rewards / hp["reward_scale"]) * weights_mask) / n_steps
+        done_bce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=dones, logits=done_logit) * weights_mask) / n_steps
+        mask_bce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=next_masks, logits=mask_logit) * weights_mask[..., None]) / (n_steps * hp["action_size"])
+        return reward_mse, done_bce, mask_bce
+
+    def _apply_gradients(self, tape, total):
+        """Gradient clipping by value, as in World Models, then one optimizer step."""
+        import tensorflow as tf
+        grads = tape.gradient(total, self._variables)
+        grads = [tf.clip_by_value(g, -self.hp["grad_clip"], self.hp["grad_clip"]) for g in grads]
+        self.optimizer.apply_gradients(zip(grads, self._variables))
+
     def _train_step_mlp(self, z, actions, rewards, dones, next_masks, next_z, weights_mask, next_items):
         import tensorflow as tf
 
@@ -300,17 +319,11 @@ class MDNRNN:
             z_nll = tf.reduce_sum(tf.reduce_mean(gauss, -1) * known) / n_known
             item_nll = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=tf.maximum(next_items, 0), logits=item_logit) * known) / n_known
-            reward_mse = tf.reduce_sum(
-                tf.square(reward - rewards / hp["reward_scale"]) * weights_mask) / n_steps
-            done_bce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
-                labels=dones, logits=done_logit) * weights_mask) / n_steps
-            mask_bce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
-                labels=next_masks, logits=mask_logit) * weights_mask[..., None]) / (n_steps * hp["action_size"])
+            reward_mse, done_bce, mask_bce = self._head_losses(reward, done_logit, mask_logit, rewards, dones,
+                                                               next_masks, weights_mask, n_steps)
             total = (hp["z_weight"] * (z_mse + z_nll + item_nll) + hp["reward_weight"] * reward_mse
                      + hp["done_weight"] * done_bce + hp["mask_weight"] * mask_bce)
-        grads = tape.gradient(total, self._variables)
-        grads = [tf.clip_by_value(g, -hp["grad_clip"], hp["grad_clip"]) for g in grads]
-        self.optimizer.apply_gradients(zip(grads, self._variables))
+        self._apply_gradients(tape, total)
         return {"z_nll": z_nll, "reward_mse": reward_mse, "done_bce": done_bce,
                 "mask_bce": mask_bce, "total": total, "z_mse": z_mse, "item_nll": item_nll}
 
@@ -330,18 +343,11 @@ class MDNRNN:
             else:
                 z_nll = -tf.reduce_logsumexp(logmix + log_normal, axis=-1)
                 z_nll = tf.reduce_sum(z_nll * weights_mask[..., None]) / (n_steps * hp["z_size"])
-            reward_mse = tf.reduce_sum(
-                tf.square(reward - rewards / hp["reward_scale"]) * weights_mask) / n_steps
-            done_bce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
-                labels=dones, logits=done_logit) * weights_mask) / n_steps
-            mask_bce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
-                labels=next_masks, logits=mask_logit) * weights_mask[..., None]) / (n_steps * hp["action_size"])
+            reward_mse, done_bce, mask_bce = self._head_losses(reward, done_logit, mask_logit, rewards, dones,
+                                                               next_masks, weights_mask, n_steps)
             total = (hp["z_weight"] * z_nll + hp["reward_weight"] * reward_mse
                      + hp["done_weight"] * done_bce + hp["mask_weight"] * mask_bce)
-        grads = tape.gradient(total, self._variables)
-        # Gradient clipping by value, as in World Models.
-        grads = [tf.clip_by_value(g, -hp["grad_clip"], hp["grad_clip"]) for g in grads]
-        self.optimizer.apply_gradients(zip(grads, self._variables))
+        self._apply_gradients(tape, total)
         return {"z_nll": z_nll, "reward_mse": reward_mse, "done_bce": done_bce,
                 "mask_bce": mask_bce, "total": total}
 
