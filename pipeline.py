@@ -41,7 +41,8 @@ SCALES = {
     "tiny": dict(rollout_episodes=6, horizon=30, vae_epochs=1, frames_per_episode=10, rnn_steps=20, seq_len=10,
                  popsize=4, num_episode=2, generations=2, dream_horizon_cap=10, eval_steps=2, eval_episodes=2,
                  eval_horizon=30, workers=1, final_episodes=3, starts_per_episode=5, c_seeds=2, fidelity_episodes=2,
-                 fidelity_extra=["--ranking_episodes", "4", "--ranking_real_episodes", "2", "--coherence_dreams", "8"]),
+                 fidelity_extra=["--ranking_episodes", "4", "--ranking_real_episodes", "2", "--ranking_real_horizon", "30",
+                                 "--coherence_dreams", "8"]),
     # small: a 2-core machine in about an hour (docs/experiments.md, "The whole pipeline at SCALE=small")
     "small": dict(rollout_episodes=800, horizon=None, vae_epochs=30, frames_per_episode=50, rnn_steps=4000,
                   seq_len=100, popsize=64, num_episode=16, generations=30, eval_steps=2, eval_episodes=100,

@@ -51,7 +51,7 @@ import numpy as np
 from tqdm import tqdm
 
 from baselines import evaluate_policy
-from bin_packing_environment import PRESETS, action_masks, decode_pictures, place_items, waste
+from bin_packing_environment import MAX_TIME_HORIZON, PRESETS, action_masks, decode_pictures, place_items, waste
 from dream_env import add_dream_arguments, dream_spec
 from stages_common import (MAX_EPISODES, EpisodeReader, atomic_write_json, bounded_int, check_output_file,
                            episode_count, episode_name, fail, holdout_mask, int_list, parse_fraction,
@@ -80,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='comma-separated dream lengths of the policy ranking ("" turns it off)')
     p.add_argument("--ranking_episodes", type=episode_count, default=64, help="dreams per policy and horizon")
     p.add_argument("--ranking_real_episodes", type=episode_count, default=50,
-                   help="real episodes per policy (validation seeds, the preset's horizon)")
+                   help="real episodes per policy (validation seeds, --ranking_real_horizon steps)")
+    p.add_argument("--ranking_real_horizon", type=bounded_int(1, MAX_TIME_HORIZON), default=None,
+                   help="steps of those real episodes (default: the preset's horizon; a smoke test's "
+                        "tiny models need no 1000-item episodes)")
     p.add_argument("--preset", default="perfect_pack", choices=sorted(PRESETS), help="real environment of the ranking")
     p.add_argument("--ranking_controllers", nargs="*", default=[],
                    help="controller files (train.py logs) ranked too, in the dream and on the same real "
@@ -577,6 +580,8 @@ def main(argv=None):
     if widths != {rnn.action_size}:
         fail(parser, f"episodes have {sorted(widths)} actions but {args.rnn} has action_size {rnn.action_size}")
     config = dict(PRESETS[args.preset])
+    if args.ranking_real_horizon is not None:
+        config["time_horizon"] = args.ranking_real_horizon
     initial_z = load_ranking_z(parser, initial_z_path, rnn, config) if ranking_horizons else None
 
     eps = [ep for _, ep in episodes]

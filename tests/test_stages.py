@@ -460,6 +460,7 @@ def test_dream_fidelity_ranks_fixed_policies(installed, record, tmp_path):
     out = tmp_path / "fidelity.json"
     argv = ["--record_dir", record, "--vae", installed / "vae" / "vae.json", "--rnn", installed / "rnn" / "rnn.json",
             "--out", out, "--ranking_horizons", "10,5", "--ranking_episodes", 4, "--ranking_real_episodes", 2,
+            "--ranking_real_horizon", HORIZON,
             "--coherence_dreams", 3, "--coherence_horizon", 10]
     result, text = run(dream_fidelity.main, argv)
     ranking = json.loads(out.read_text())["policy_ranking"]
@@ -477,18 +478,19 @@ def test_dream_fidelity_ranks_fixed_policies(installed, record, tmp_path):
     assert ranking == result["policy_ranking"]
     assert ranking["initial_z"] == str(installed / "initial_z" / "initial_z.json")   # beside rnn/, as in pipeline.py
     assert [r["horizon"] for r in ranking["horizons"]] == [5, 10]
-    real_order = ranking["real"]["best_fit"] > ranking["real"]["worst_fit"]
+    real_order = np.sign(ranking["real"]["best_fit"] - ranking["real"]["worst_fit"])   # 0: a tie
     for row in ranking["horizons"]:
         assert set(row["dream"]) == {"best_fit", "worst_fit"} and isinstance(row["agrees"], bool)
         assert all(np.isfinite(v) for v in row["dream"].values())
-        assert row["agrees"] == ((row["dream"]["best_fit"] > row["dream"]["worst_fit"]) == real_order)
+        assert row["agrees"] == (np.sign(row["dream"]["best_fit"] - row["dream"]["worst_fit"]) == real_order)
     # the bias-only controllers are exactly Best Fit and Worst Fit, on validation seeds
     for name, policy in (("best_fit", best_fit), ("worst_fit", worst_fit)):
-        expected = evaluate_policy(policy, "perfect_pack", 2, seed=0, stream="validation").mean()
+        expected = evaluate_policy(policy, dict(PRESETS["perfect_pack"], time_horizon=HORIZON), 2, seed=0,
+                                   stream="validation").mean()
         assert ranking["real"][name] == pytest.approx(expected)
-    assert ranking["real_horizon"] == PRESETS["perfect_pack"]["time_horizon"]
+    assert ranking["real_horizon"] == HORIZON
     assert "| dream horizon |" in text and "order as real?" in text
-    m_order = ranking["m_on_real"]["best_fit"] > ranking["m_on_real"]["worst_fit"]
+    m_order = np.sign(ranking["m_on_real"]["best_fit"] - ranking["m_on_real"]["worst_fit"])
     assert ranking["m_on_real_agrees"] == (m_order == real_order) and "| M on the real episodes |" in text
 
     again, _ = run(dream_fidelity.main, argv[:6] + ["--out", tmp_path / "b.json"] + argv[8:])
@@ -518,7 +520,8 @@ def test_dream_fidelity_ranks_controller_files(installed, record, tmp_path):
     (tmp_path / "bf.json").write_text(json.dumps([bf.tolist(), 0.0]))
     argv = ["--record_dir", record, "--vae", installed / "vae" / "vae.json", "--rnn", installed / "rnn" / "rnn.json",
             "--out", tmp_path / "f.json", "--ranking_horizons", "5", "--ranking_episodes", 4,
-            "--ranking_real_episodes", 2, "--ranking_controllers", tmp_path / "bf.json",
+            "--ranking_real_episodes", 2, "--ranking_real_horizon", HORIZON,
+            "--ranking_controllers", tmp_path / "bf.json",
             "--dream_reward", "picture", "--picture_every", "2", "--coherence_dreams", 0]
     result, text = run(dream_fidelity.main, argv)
     r = result["policy_ranking"]
@@ -540,7 +543,8 @@ def test_dream_fidelity_paired_ranking_gives_best_fit_in_disguise_the_same_dream
     bf[-30:] = np.arange(30)
     (tmp_path / "bf.json").write_text(json.dumps([bf.tolist(), 0.0]))
     argv = ["--record_dir", record, "--vae", installed / "vae" / "vae.json", "--rnn", installed / "rnn" / "rnn.json",
-            "--ranking_horizons", "6", "--ranking_episodes", 8, "--ranking_real_episodes", 2, "--coherence_dreams", 0,
+            "--ranking_horizons", "6", "--ranking_episodes", 8, "--ranking_real_episodes", 2,
+            "--ranking_real_horizon", HORIZON, "--coherence_dreams", 0,
             "--ranking_controllers", tmp_path / "bf.json"]
     name = str(tmp_path / "bf.json")
     paired, text = run(dream_fidelity.main, argv + ["--out", tmp_path / "p.json", "--ranking_paired"])
@@ -569,7 +573,7 @@ def test_dream_fidelity_ranks_in_dreams_begun_at_real_states(installed, record, 
                             "--out", tmp_path / "starts.npz"])
     argv = ["--record_dir", record, "--vae", installed / "vae" / "vae.json", "--rnn", rnn_json,
             "--out", tmp_path / "f.json", "--ranking_horizons", "5", "--ranking_episodes", 4,
-            "--ranking_real_episodes", 2, "--episodes", 1, "--coherence_dreams", 0]
+            "--ranking_real_episodes", 2, "--ranking_real_horizon", HORIZON, "--episodes", 1, "--coherence_dreams", 0]
     plain, _ = run(dream_fidelity.main, argv)
     started, text = run(dream_fidelity.main, argv + ["--dream_starts", tmp_path / "starts.npz"])
     assert started["policy_ranking"]["dream_starts"] == str(tmp_path / "starts.npz") and "real states" in text
