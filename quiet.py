@@ -9,6 +9,13 @@
   before absl::InitializeLog()", "Could not find cuda drivers", "failed call to cuInit" on a
   machine without a GPU) dropped; any other line it writes is passed on, and everything is
   passed on if the import fails. vae/vae.py imports TensorFlow through it.
+- TensorFlow's oneDNN kernels are turned on (TF_ENABLE_ONEDNN_OPTS=1) unless the user has set
+  the variable: on CPUs where TensorFlow leaves them off by default, V's decoder runs ~7x
+  faster with them (100 pictures: 0.30 s against 2.10 s on one core) and its encoder ~1.2x.
+  The variable is read when TensorFlow is imported, so it is set when this module is
+  imported; bin_packing_environment imports it first thing, and so every script here does.
+  Floats differ from the default kernels' in the last bits (TF_ENABLE_ONEDNN_OPTS=0 gives
+  those back).
 """
 from __future__ import annotations
 
@@ -20,6 +27,9 @@ import tempfile
 # Lines TensorFlow writes at start-up on a machine with no GPU: harmless, and not errors of ours.
 _TF_NOISE = re.compile(r"All log messages before absl::InitializeLog\(\)|^[IW]\d{4} |cuda_platform\.cc.*cuInit|"
                        r"^To enable the following instructions|Unable to register cu(DNN|FFT|BLAS) factory")
+
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def hide_gym_banner() -> None:

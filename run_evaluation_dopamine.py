@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+import quiet  # noqa: F401  (no gym banner; TensorFlow's oneDNN kernels on, as in every script)
+
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (imported by Dopamine) is only used for I/O
 

@@ -84,3 +84,24 @@ def test_the_agents_bar_spans_its_batches(capsys):
     bars = terminal_lines(capsys.readouterr().err)
     assert len(bars) == 1 and bars[0].startswith("world_model ") and "5/5 episodes" in bars[0], bars
     assert len(totals) == 5
+
+
+# Every script that reaches TensorFlow: importing it must set TF_ENABLE_ONEDNN_OPTS (read by
+# TensorFlow's own import) before anything can import TensorFlow.
+TF_SCRIPTS = ["vae_train", "series", "rnn_train", "copy_models", "dream_starts", "train", "model", "evaluate",
+              "dream_env", "extract", "run_evaluation_dopamine", "analysis.dream_fidelity", "analysis.imitate",
+              "analysis.window_signal"]
+
+
+def test_every_script_turns_on_onednn_before_tensorflow_unless_the_user_chose():
+    code = ("import importlib, os, sys; m = sys.argv[1]; importlib.import_module(m); "
+            "print(m, os.environ.get('TF_ENABLE_ONEDNN_OPTS'), 'tensorflow' in sys.modules)")
+    environ = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    procs = [subprocess.Popen([sys.executable, "-c", code, m], cwd=ROOT, env=environ, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for m in TF_SCRIPTS]
+    for m, proc in zip(TF_SCRIPTS, procs):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        assert out.split()[:2] == [m, "1"], out + err[-2000:]
+    assert python("import quiet, os; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])",
+                  TF_ENABLE_ONEDNN_OPTS="0").stdout.strip() == "0"          # the user's choice: untouched
