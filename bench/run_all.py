@@ -2,9 +2,9 @@
 
     python bench/run_all.py [--pipeline_summary runs/small/pipeline_summary.json]
 
-Runs bench_env.py, bench_rollouts.py, bench_dream.py and bench_rainbow.py as they are,
-measures V's training frames/s and peak memory, series encoding frames/s and M's training
-steps/s on small synthetic batches here, and collects the stage timings and final rewards that
+Runs bench_env.py, bench_rollouts.py, bench_dream.py, bench_rainbow.py and bench_models.py (V's
+training, encoding and decoding frames/s and M's training steps/s, TensorFlow's oneDNN kernels off
+and on) as they are, and collects the stage timings and final rewards that
 the training runs recorded (runs/small/*, results/evaluation.json) when they exist. Writes
 bench/results.json and bench/results.md (the table the README quotes).
 """
@@ -12,10 +12,8 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -26,46 +24,6 @@ def run_script(name):
     subprocess.run([sys.executable, os.path.join(HERE, name)], cwd=ROOT, check=True)
     with open(os.path.join(HERE, name.replace("bench_", "results_").replace(".py", ".json"))) as f:
         return json.load(f)
-
-
-def model_speeds():
-    """V training and encoding, M training, on batches of real pictures."""
-    import numpy as np
-
-    import baselines
-    from bin_packing_environment import BatchBinPacking, episode_seeds
-    from rnn.rnn import MDNRNN
-    from vae.vae import ConvVAE
-
-    env = BatchBinPacking("perfect_pack", 100, pictures=True)
-    obs = env.reset(episode_seeds(0, 100))
-    for _ in range(300):
-        obs, *_ = env.step(baselines.best_fit(obs["state"], obs["action_mask"]))
-    frames = obs["picture"]
-    vae = ConvVAE(seed=0)
-    vae.train_step(frames)
-    start = time.perf_counter()
-    for _ in range(10):
-        vae.train_step(frames)
-    vae_fps = 10 * len(frames) / (time.perf_counter() - start)
-    big = np.repeat(frames, 10, axis=0)
-    vae.encode_mu_logvar(big[:100])
-    start = time.perf_counter()
-    vae.encode_mu_logvar(big)
-    encode_fps = len(big) / (time.perf_counter() - start)
-    rnn = MDNRNN(seed=0)
-    rng = np.random.default_rng(0)
-    batch = (rng.normal(size=(100, 100, 32)), rng.integers(30, size=(100, 100)), rng.normal(size=(100, 100)),
-             np.zeros((100, 100)), np.ones((100, 100, 30)), rng.normal(size=(100, 100, 32)), np.ones((100, 100)))
-    rnn.train_step(*batch)
-    start = time.perf_counter()
-    for _ in range(5):
-        rnn.train_step(*batch)
-    rnn_sps = 5 / (time.perf_counter() - start)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"vae_train_frames_per_s": round(vae_fps), "vae_encode_frames_per_s": round(encode_fps),
-            "rnn_train_steps_per_s (batch 100 x 100 steps)": round(rnn_sps, 2),
-            "peak_memory_mb (this process: V and M training)": round(peak_mb)}
 
 
 def recorded_runs(pipeline_summary):
@@ -92,7 +50,7 @@ def main(argv=None):
                "rollouts": run_script("bench_rollouts.py"),
                "dream": run_script("bench_dream.py"),
                "rainbow": run_script("bench_rainbow.py"),
-               "models": model_speeds(),
+               "models": run_script("bench_models.py"),
                "recorded": recorded_runs(args.pipeline_summary)}
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -116,7 +74,9 @@ def main(argv=None):
             it = r["iteration_estimate_s"]
             rows.append((f"Rainbow iteration ({name}: {it['what']}), s",
                          f"{it['old']} vs {it['new']} ({it['speedup']}x)"))
-    rows += [(k, v) for k, v in models.items()]
+    rows += [(f"{k}, oneDNN off vs on (our scripts' setting)", f"{models['off'][k]} vs {models['on'][k]}"
+              + (f" ({models['ratio_on_over_off'][k]}x)" if k in models["ratio_on_over_off"] else ""))
+             for k in models["on"]]
     rows += [(f"dream steps/s, {dream['popsize']}x{dream['num_episode']} batched", dream["batched_dream_steps_per_s"]),
              (f"CMA-ES generation in the dream, {dream['horizon']} steps: batched vs one at a time (s)",
               f"{dream['batched_generation_s']} vs {dream['one_at_a_time_generation_s']} ({dream['speedup']}x)")]

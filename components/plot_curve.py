@@ -1,6 +1,7 @@
 """The learning curve of a run_evaluation_dopamine.py run, read from Dopamine's own logs.
 
     python -m components.plot_curve --base_dir runs/rainbow [--out docs/rainbow_curve.png] [--title ...]
+                                    [--reference 'Best Fit=-26.98' ...]
 
 Dopamine 4.0.9's Runner keeps, per iteration, the statistics of its training and evaluation
 phases (every episode's length and undiscounted return, the phase averages, training
@@ -78,8 +79,21 @@ def default_title(curve: dict) -> str:
             f"evaluation: {per} greedy episode(s) per iteration")
 
 
-def plot_curve(curve: dict, ax=None, title: str | None = None):
-    """Mean evaluation return (+- standard error where > 1 episode) against training steps."""
+def parse_reference(text: str) -> tuple[str, float]:
+    """'Best Fit=-26.98' -> ('Best Fit', -26.98): a level drawn across the plot."""
+    name, sep, value = text.rpartition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not sep or not name.strip() or not np.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER (e.g. 'Best Fit=-26.98'), got {text!r}")
+    return name.strip(), number
+
+
+def plot_curve(curve: dict, ax=None, title: str | None = None, references=()):
+    """Mean evaluation return (+- standard error where > 1 episode) against training steps;
+    `references` ((name, value), ...) are drawn as horizontal lines (e.g. Best Fit's score)."""
     import matplotlib.pyplot as plt
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 4.5))
@@ -88,6 +102,13 @@ def plot_curve(curve: dict, ax=None, title: str | None = None):
     stderr = np.nan_to_num(curve["eval_stderr"])
     ax.errorbar(x, curve["eval_mean"], yerr=stderr if stderr.any() else None, marker="o", capsize=3,
                 label="evaluation episodes (greedy), mean")
+    for (name, value), style in zip(references, ["-", "-.", ":", (0, (5, 1))] * 4):
+        ax.axhline(value, color="k", lw=1, ls=style, label=f"{name} ({value:g})")
+    if references:                                  # every level in view, with a margin
+        lo, hi = ax.get_ylim()
+        values = [v for _, v in references]
+        lo, hi = min(lo, *values), max(hi, *values)
+        ax.set_ylim(lo - 0.04 * (hi - lo), hi + 0.04 * (hi - lo))
     ax.set_xlabel("training steps")
     ax.set_ylabel("return per episode (= - final waste)")
     ax.grid(alpha=0.3)
@@ -101,6 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument("--base_dir", required=True, help="the run's --base_dir")
     parser.add_argument("--out", default=None, help="PNG to write (default base_dir/learning_curve.png)")
     parser.add_argument("--title", default=None, help="plot title (default: steps, iterations, episodes)")
+    parser.add_argument("--reference", type=parse_reference, action="append", default=[], metavar="NAME=NUMBER",
+                        help="a level to draw across the plot, e.g. --reference 'Best Fit=-26.98' (repeatable)")
     args = parser.parse_args(argv)
     try:
         curve = load_curve(args.base_dir)
@@ -111,7 +134,7 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     out = args.out or os.path.join(args.base_dir, "learning_curve.png")
-    ax = plot_curve(curve, title=args.title)
+    ax = plot_curve(curve, title=args.title, references=args.reference)
     ax.figure.tight_layout()
     ax.figure.savefig(out, dpi=120)
     plt.close(ax.figure)

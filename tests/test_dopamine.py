@@ -1,6 +1,7 @@
 """The masked Rainbow agent and run_evaluation_dopamine.py (tiny config, a few hundred steps)."""
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
@@ -158,8 +159,14 @@ def test_training_never_takes_invalid_actions_records_and_resumes(tmp_path, caps
     assert curve["eval_mean"][2] == resumed["logs"]["iteration_2"]["eval_average_return"][0]
     assert "300 training steps (3 iterations)" in plot_curve.default_title(curve)
     png = tmp_path / "curve.png"
-    assert plot_curve.main(["--base_dir", str(base), "--out", str(png)]) == 0
+    assert plot_curve.main(["--base_dir", str(base), "--out", str(png), "--reference", "Best Fit=-26.98"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = plot_curve.plot_curve(curve, references=[("Best Fit", 5000.0)])     # a level far above the curve ...
+    assert ax.get_ylim()[1] > 5000.0 and "Best Fit (5000)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert plot_curve.parse_reference("a=b=-1.5") == ("a=b", -1.5)            # ... in view and in the legend
+    for bad in ("Best Fit", "=-3", "x=nan", "x=ten"):
+        with pytest.raises(argparse.ArgumentTypeError, match="NAME=NUMBER"):
+            plot_curve.parse_reference(bad)
     assert plot_curve.main(["--base_dir", str(tmp_path / "nothing")]) == 2
 
 
