@@ -54,16 +54,16 @@ from tqdm import tqdm
 from rnn.rnn import MIXTURES, MLP_HPARAMS, TRANSITIONS, Z_INPUTS, z_nll
 from series import Series
 from stages_common import (atomic_write_json, atomic_write_npz, check_output_dir, fail, holdout_mask,
-                           non_negative_int, parse_fraction, positive_float, positive_int, read_checkpoint,
+                           non_negative_float, non_negative_int, parse_fraction, positive_float, positive_int, read_checkpoint,
                            remove_stale_temps, require_file, restore_optimizer, seed_int, sha256_file)
 
 CHECKPOINT = os.path.join("checkpoint", "rnn_checkpoint.npz")
 RESUME_FLAGS = ("seed", "seq_len", "batch_size", "learning_rate", "grad_clip", "hidden_size",
                 "num_mixtures", "mixture", "reward_scale", "holdout", "z_input", "init_from", "transition",
-                "transition_hidden", "transition_layers")
+                "transition_hidden", "transition_layers", "transition_input_noise")
 # checkpoints written before the flag existed started from scratch / had M's mixture transition
 ADDED_FLAGS = {"init_from": None, "transition": "mdn", "transition_hidden": MLP_HPARAMS["transition_hidden"],
-               "transition_layers": MLP_HPARAMS["transition_layers"]}
+               "transition_layers": MLP_HPARAMS["transition_layers"], "transition_input_noise": 0.0}
 LOSS_KEYS = ("z_nll", "reward_mse", "done_bce", "mask_bce", "total")
 MLP_LOSS_KEYS = ("z_mse", "item_nll")      # added by --transition mlp
 
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="width of the mlp transition's layers")
     p.add_argument("--transition_layers", type=positive_int, default=MLP_HPARAMS["transition_layers"],
                    help="hidden layers of the mlp transition")
+    p.add_argument("--transition_input_noise", type=non_negative_float, default=0.0,
+                   help="mlp only: Gaussian noise of this sd added to M's input z in training, the target still the "
+                        "clean next z, so that the transition learns to pull a drifting dream back (0: off)")
     p.add_argument("--reward_scale", type=positive_float, default=10.0, help="reward head predicts r / scale")
     p.add_argument("--holdout", type=parse_fraction, default=0.05,
                    help="share of episodes held out for the report, e.g. 5%% (same split as vae_train)")
@@ -214,6 +217,8 @@ def main(argv=None):
         fail(parser, str(e))
     if args.transition == "mlp" and args.z_input != "mean":
         parser.error("--transition mlp needs --z_input mean (it learns z_{t+1} - z_t of V's means)")
+    if args.transition_input_noise and args.transition != "mlp":
+        parser.error("--transition_input_noise is for --transition mlp")
     if args.transition == "mlp" and series.item is None:
         fail(parser, f"{args.series} has no item labels, which --transition mlp needs: "
                      "run series.py with --item_frames (or --add_items)")
@@ -259,6 +264,9 @@ def main(argv=None):
     for step in range(start_step, args.steps):
         batch = series.sample(train_eps, args.batch_size, args.seq_len, np.random.default_rng([args.seed, step]),
                               sample_z=sample_z)
+        if args.transition_input_noise:
+            noise = np.random.default_rng([args.seed, step, 3]).normal(size=batch["z"].shape)
+            batch["z"] = batch["z"] + args.transition_input_noise * noise
         t0 = time.time()
         losses = model.train_step(batch["z"], batch["actions"], batch["rewards"], batch["dones"],
                                   batch["next_masks"], batch["next_z"], batch["weights"], batch.get("next_items"))

@@ -743,3 +743,10 @@ def test_rnn_train_with_the_mlp_transition_dreams(series_file, trained_vae, reco
     obs = dream.reset(4, np.random.default_rng(0))
     obs, reward, done, _ = dream.step(np.zeros(4, np.int64))
     assert obs["z"].shape == (4, 32) and np.isfinite(obs["z"]).all() and reward.shape == (4,)
+    # input noise: the same run with noisy input z trains another M; the flag is the mlp transition's only
+    noisy, _ = run(rnn_train.main, flags[:2] + ["--out_dir", tmp_path / "n"] + flags[4:] + ["--transition_input_noise", 0.1])
+    assert noisy["history"][-1]["z_mse"] != report["history"][-1]["z_mse"]
+    assert RNNNumpy.from_json(tmp_path / "n" / "rnn.json").transition == "mlp"
+    line = run_fails(rnn_train.main, ["--series", path, "--out_dir", tmp_path / "d", "--steps", 1,
+                                      "--transition_input_noise", 0.1] + RNN_FLAGS, capsys)
+    assert "--transition_input_noise" in line
