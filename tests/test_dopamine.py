@@ -277,3 +277,20 @@ def test_bad_preset_is_one_line(tmp_path, capsys):
                           "--gin_bindings=create_bin_packing_environment.preset='nope'")
     assert code == 2
     assert err.strip().splitlines()[-1].startswith("error: invalid configuration: unknown preset 'nope'")
+
+
+@pytest.mark.parametrize("name, iterations", [("rainbow.gin", 200), ("rainbow_small.gin", 40)])
+def test_shipped_gin_configs_parse_with_the_discount_that_learns(name, iterations):
+    """gamma 0.99 made the greedy policy worse with training (docs/experiments.md, "Rainbow: the discount")."""
+    import gin
+    import components.runner  # noqa: F401  (registers the configurables the files bind)
+    gin.clear_config()
+    gin.add_config_file_search_path(ROOT)
+    try:
+        gin.parse_config_files_and_bindings([os.path.join(ROOT, "test_configs", name)], [])
+        assert gin.query_parameter("JaxRainbowAgent.gamma") == 0.9
+        assert gin.query_parameter("JaxRainbowAgent.vmax") == 10.0
+        assert gin.query_parameter("Runner.num_iterations") == iterations
+        assert gin.query_parameter("JaxRainbowAgent.network").selector == "MaskedRainbowNetwork"
+    finally:
+        gin.clear_config()
