@@ -137,6 +137,17 @@ def run(cmd, **kw):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, **kw)
 
 
+def run_at_once(*cmds):
+    """Independent commands as concurrent processes (the suite's wall time); results in order."""
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in cmds]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
 def test_train_writes_logs_and_resumes(models, tmp_path):
     proc = run(train_cmd(models, tmp_path, "--generations", "2"))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -168,8 +179,8 @@ def test_train_refuses_to_resume_on_a_retrained_m(models, tmp_path):
 
 
 def test_train_is_reproducible(models, tmp_path):
-    for d in ("a", "b"):
-        assert run(train_cmd(models, tmp_path / d, "--generations", "2")).returncode == 0
+    for proc in run_at_once(*(train_cmd(models, tmp_path / d, "--generations", "2") for d in ("a", "b"))):
+        assert proc.returncode == 0, proc.stderr[-2000:]
     ha = json.load(open(tmp_path / "a" / "binpacking.cma.2.4.hist.json"))
     hb = json.load(open(tmp_path / "b" / "binpacking.cma.2.4.hist.json"))
     assert [h[2:5] for h in ha] == [h[2:5] for h in hb]
@@ -196,9 +207,9 @@ def test_dead_worker_ends_the_run(models, tmp_path):
 def test_weight_decay_pulls_the_mean_towards_zero(models, tmp_path):
     """With an overwhelming weight decay CMA-ES keeps the smallest candidates; without it, it does not."""
     norms = {}
-    for wd in ("0", "1e6"):
-        proc = run(train_cmd(models, tmp_path / wd, "--generations", "3", "--eval_steps", "3",
-                             "--weight_decay", wd))
+    procs = run_at_once(*(train_cmd(models, tmp_path / wd, "--generations", "3", "--eval_steps", "3",
+                                    "--weight_decay", wd) for wd in ("0", "1e6")))
+    for wd, proc in zip(("0", "1e6"), procs):
         assert proc.returncode == 0, proc.stderr[-2000:]
         mean = np.asarray(json.load(open(tmp_path / wd / "binpacking.cma.2.4.json"))[0])
         norms[wd] = float(np.mean(mean ** 2))
@@ -389,19 +400,21 @@ def test_train_in_dreams_begun_at_real_states(models, tiny_series, tmp_path):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["generations"] == 2 and summary["dream_starts_real_steps"] == 0
     # starts made with another M are refused, and so is a resume with other starts
+    # and so is a file that is not an npz
     MDNRNN(hidden_size=16, seed=1).save_json(str(tmp_path / "other_rnn.json"))
-    proc = run(train_cmd(dict(models, rnn=str(tmp_path / "other_rnn.json")), tmp_path / "log2", "--generations", "1",
-                         "--dream_starts", str(tmp_path / "s.npz")))
-    assert proc.returncode != 0 and "another M" in proc.stderr
-    proc = run(train_cmd(models, tmp_path / "log", "--generations", "3"))
-    assert proc.returncode != 0 and "--dream_starts" in proc.stderr
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    other_m, other_starts, not_npz = run_at_once(
+        train_cmd(dict(models, rnn=str(tmp_path / "other_rnn.json")), tmp_path / "log2", "--generations", "1",
+                  "--dream_starts", str(tmp_path / "s.npz")),
+        train_cmd(models, tmp_path / "log", "--generations", "3"),
+        train_cmd(models, tmp_path / "log3", "--generations", "1", "--dream_starts", str(tmp_path / "bad.npz")))
+    assert other_m.returncode != 0 and "another M" in other_m.stderr
+    assert other_starts.returncode != 0 and "--dream_starts" in other_starts.stderr
+    assert not_npz.returncode != 0 and "cannot read dream starts file" in not_npz.stderr
     from dream_env import load_dream_starts
     (tmp_path / "cut.npz").write_bytes((tmp_path / "s.npz").read_bytes()[:3000])    # a truncated file
     with pytest.raises(ValueError, match="cannot read dream starts file"):
         load_dream_starts(str(tmp_path / "cut.npz"))
-    (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    proc = run(train_cmd(models, tmp_path / "log3", "--generations", "1", "--dream_starts", str(tmp_path / "bad.npz")))
-    assert proc.returncode != 0 and "cannot read dream starts file" in proc.stderr
 
 
 def test_dream_starts_rejects_bad_flags(models, tmp_path):

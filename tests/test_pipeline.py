@@ -39,19 +39,38 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
     summary = json.load(open(tmp_path / "pipeline_summary.json"))
     assert all(s["status"] == "skipped" for s in summary["stages"])
 
-    # --force redoes every stage from scratch: nothing resumes, the same seed gives the same agent
-    best = (tmp_path / "log" / "binpacking.cma.2.4.best.json").read_text()
-    proc = pipeline(tmp_path, "--seed", "8", "--force")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert all(s["status"] == "ran" for s in json.load(open(tmp_path / "pipeline_summary.json"))["stages"])
-    assert "resuming" not in proc.stdout + proc.stderr
-    assert (tmp_path / "log" / "binpacking.cma.2.4.best.json").read_text() == best
-
+    # --force and changed inputs remove a stage's "fresh" paths before it runs again
+    # (test_a_stage_redone_starts_afresh_and_a_killed_one_resumes): every checkpoint lies under them
+    from pipeline import DEFAULT_RECIPE, plan, stages
+    fresh = [f for stage in stages(plan("tiny", DEFAULT_RECIPE), str(tmp_path), 8) for f in stage.get("fresh", [])]
+    state = [p for p in tmp_path.rglob("*") if p.name == "checkpoint" or p.name.endswith(".es.pkl")]
+    assert len(state) >= 4, state                                         # V, M and C's two seeds
+    assert all(any(str(p).startswith(f + os.sep) for f in fresh) for p in state), (state, fresh)
     # a broken hand-off stops the pipeline at the stage that reads it, with its error
     (tmp_path / "tf_vae" / "vae.json").write_text("{ not json")
     proc = pipeline(tmp_path, "--seed", "8")
     assert proc.returncode == 1
     assert "stage series failed" in proc.stderr
+
+
+def test_a_stage_redone_starts_afresh_and_a_killed_one_resumes(tmp_path):
+    from pipeline import run_stage
+    inputs, state, out = tmp_path / "in.txt", tmp_path / "state.txt", tmp_path / "out.txt"
+    inputs.write_text("a")
+    # a stage that resumes: each run adds one line to its state; its output is the state's length
+    code = (f"import pathlib; s, o = pathlib.Path({str(state)!r}), pathlib.Path({str(out)!r}); "
+            "s.write_text((s.read_text() if s.exists() else '') + 'x'); o.write_text(str(len(s.read_text())))")
+    stage = dict(name="fake", commands=[[sys.executable, "-c", code]], inputs=[str(inputs)], outputs=[str(out)],
+                 fresh=[str(state)])
+    stamp = tmp_path / ".stamps" / "fake.json"
+    stamp.parent.mkdir()
+    assert run_stage(stage, str(stamp), force=False)[0] == "ran" and out.read_text() == "1"
+    assert run_stage(stage, str(stamp), force=False)[0] == "skipped" and out.read_text() == "1"
+    assert run_stage(stage, str(stamp), force=True)[0] == "ran" and out.read_text() == "1"       # afresh
+    inputs.write_text("bb")
+    assert run_stage(stage, str(stamp), force=False)[0] == "ran" and out.read_text() == "1"      # afresh
+    stamp.unlink()                                 # killed half way: no stamp, its state kept
+    assert run_stage(stage, str(stamp), force=False)[0] == "ran" and out.read_text() == "2"      # resumed
 
 
 def test_side_by_side_runs_report_the_failing_one_with_its_log(tmp_path):
