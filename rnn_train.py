@@ -54,8 +54,8 @@ from tqdm import tqdm
 from rnn.rnn import MIXTURES, MLP_HPARAMS, TRANSITIONS, Z_INPUTS, z_nll
 from series import Series
 from stages_common import (atomic_write_json, atomic_write_npz, check_output_dir, fail, holdout_mask,
-                           non_negative_float, non_negative_int, parse_fraction, positive_float, positive_int, read_checkpoint,
-                           remove_stale_temps, require_file, restore_optimizer, seed_int, sha256_file)
+                           non_negative_float, non_negative_int, parse_fraction, positive_float, positive_int,
+                           read_checkpoint, remove_stale_temps, require_file, restore_optimizer, seed_int, sha256_file)
 
 CHECKPOINT = os.path.join("checkpoint", "rnn_checkpoint.npz")
 RESUME_FLAGS = ("seed", "seq_len", "batch_size", "learning_rate", "grad_clip", "hidden_size",
