@@ -61,6 +61,11 @@ def progress_bar(episodes: int, label: str = "episodes"):
                 bar_format="{desc} {percentage:3.0f}%|{bar:30}| {n:.0f}/{total:.0f} episodes [{elapsed}<{remaining}]")
 
 
+def advance(bar, per_step: float, end: int):
+    """Move a progress_bar by one step's share of a batch, never past the batch's end (float sums)."""
+    bar.update(max(0.0, min(per_step, end - bar.n)))
+
+
 def evaluate_policy(policy, config="perfect_pack", episodes=1000, seed=0, batch=1000, rng=None,
                     progress=False, pictures=False, stream="eval"):
     """Total reward of each of `episodes` real episodes on the `stream` seed stream ('eval' by default).
@@ -86,8 +91,8 @@ def evaluate_policy(policy, config="perfect_pack", episodes=1000, seed=0, batch=
             actions = policy(obs["state"], obs["action_mask"], rng, *extra)
             obs, reward, done, _ = env.step(actions)
             total += reward
-            if bar is not None:                             # never past this batch's end (float sums)
-                bar.update(max(0.0, min(per_step, start + len(chunk) - bar.n)))
+            if bar is not None:
+                advance(bar, per_step, start + len(chunk))
         totals.append(total)
         if bar is not None:
             bar.update(start + len(chunk) - bar.n)          # exact at the end of each batch

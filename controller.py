@@ -153,7 +153,7 @@ def evaluate_real(controller, params, vae, rnn, config, episodes, seed, batch=50
     seeds = episode_seeds(seed, episodes, "eval")
     bar = None
     if progress:
-        from baselines import progress_bar
+        from baselines import advance, progress_bar
         bar = progress_bar(episodes, progress if isinstance(progress, str) else "world_model")
     totals = []
     for i in range(0, episodes, batch):
@@ -161,8 +161,7 @@ def evaluate_real(controller, params, vae, rnn, config, episodes, seed, batch=50
         on_step = None
         if bar is not None:
             per_step = len(chunk) / make_config(config).time_horizon
-            end = i + len(chunk)                                  # never past this batch's end (float sums)
-            on_step = lambda *_: bar.update(max(0.0, min(per_step, end - bar.n)))   # noqa: E731
+            on_step = lambda *_, end=i + len(chunk): advance(bar, per_step, end)   # noqa: E731
         totals.append(rollout_real(controller, params, vae, rnn, config, chunk, on_step=on_step)[0][0])
         if bar is not None:
             bar.update(i + len(chunk) - bar.n)
