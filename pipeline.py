@@ -1,6 +1,6 @@
 """The whole World Models pipeline, stage by stage: how much is the scale, how is the recipe.
 
-    python pipeline.py --scale tiny|small|paper [--recipe starts|original] [--work_dir runs/<scale>]
+    python pipeline.py --scale tiny|small|paper [--recipe starts|transition|original] [--work_dir runs/<scale>]
                        [--seed 0] [--force] [--dry_run]
     make pipeline SCALE=small
 
@@ -12,6 +12,7 @@ scale says so, of which pick_controller.py keeps the best on validation) -> eval
 real problem (model.py, and Best Fit on the same episodes).
 The recipe `starts` (the default) begins its dreams at recorded real states and scores a dream
 by the waste of its decoded pictures, with common random numbers and M's Gaussian noise off;
+`transition` is `starts` with M's next z from a deep MLP trained on noisy inputs (docs/experiments.md);
 `original` is World Models as published (dreams from empty packings scored by M's reward head).
 A stage whose command and input files are unchanged since it last succeeded is skipped; a stage
 killed half way resumes, because every training script resumes from its own checkpoint; a stage
@@ -76,6 +77,14 @@ RECIPES = {
                    weight_decay=400, dream_starts=True, dream_reward="picture", common_random_numbers=True,
                    z_noise=0.0),
 }
+# transition: the starts recipe with M's next z from a deep MLP on (z, action, next item), trained
+# on noisy input z so that its dreams drift back to packings (docs/experiments.md, "Noisy inputs
+# for the transition"). The series labels every frame's item (a probe on V's decoded pictures);
+# the MLP learns single steps, so M trains on half-length windows of 64 for 3/4 of the scale's steps.
+RECIPES["transition"] = dict(RECIPES["starts"], item_frames=4000, rnn_steps_factor=0.75, seq_len_factor=0.5,
+                             rnn_extra=["--transition", "mlp", "--z_input", "mean", "--transition_hidden", "512",
+                                        "--transition_layers", "3", "--transition_input_noise", "0.2"],
+                             rnn_batch=64, rnn_window_step=1.9e-4)
 DEFAULT_RECIPE = "starts"
 
 
@@ -92,6 +101,8 @@ def plan(scale: str, recipe: str, workers: int | None = None) -> dict:
         s["starts_per_episode"] = 0
     if workers is not None:
         s["workers"] = workers
+    s["rnn_steps"] = max(1, round(s["rnn_steps"] * s.get("rnn_steps_factor", 1)))
+    s["seq_len"] = max(2, round(s["seq_len"] * s.get("seq_len_factor", 1)))
     return s
 
 
@@ -136,10 +147,12 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                                     "--seed", str(seed)]],
              inputs=[j("record")], outputs=[j("tf_vae", "vae.json")], fresh=[j("tf_vae")]),
         dict(name="series", commands=[[py, "series.py", "--record_dir", j("record"), "--vae", j("tf_vae", "vae.json"),
-                                       "--out", j("series", "series.npz")]],
+                                       "--out", j("series", "series.npz"),
+                                       *(["--item_frames", str(s["item_frames"])] if s.get("item_frames") else [])]],
              inputs=[j("record"), j("tf_vae", "vae.json")], outputs=[j("series", "series.npz")]),
         dict(name="rnn", commands=[[py, "rnn_train.py", "--series", j("series", "series.npz"), "--out_dir", j("tf_rnn"),
                                     "--steps", str(s["rnn_steps"]), "--seq_len", str(s["seq_len"]),
+                                    *(["--batch_size", str(s["rnn_batch"])] if s.get("rnn_batch") else []),
                                     "--seed", str(seed), *s.get("rnn_extra", [])]],
              inputs=[j("series", "series.npz")], outputs=[j("tf_rnn", "rnn.json"), j("tf_rnn", "initial_z.json")],
              fresh=[j("tf_rnn")]),
@@ -280,7 +293,8 @@ def estimate(s: dict) -> dict:
     return {"rollouts": episodes * T * UNIT_SECONDS["rollout_step"],
             "vae": s["vae_epochs"] * frames * UNIT_SECONDS["vae_frame"],
             "series": episodes * T * UNIT_SECONDS["series_step"],
-            "rnn": s["rnn_steps"] * 100 * s["seq_len"] * UNIT_SECONDS["rnn_window_step"],
+            "rnn": (s["rnn_steps"] * s.get("rnn_batch", 100) * s["seq_len"]
+                    * s.get("rnn_window_step", UNIT_SECONDS["rnn_window_step"])),
             "controller": s["c_seeds"] * (s["generations"] * generation / K + evaluations) / min(s["c_seeds"], K),
             "evaluation": s["final_episodes"] * T * UNIT_SECONDS["final_step"]}
 
