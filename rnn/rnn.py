@@ -75,6 +75,10 @@ Z_INPUTS = ("sample", "mean")
 TRANSITIONS = ("mdn", "mlp")
 # Optional header keys: written only when they differ from these (older files lack them).
 _OPTIONAL_HPARAMS = {"mixture": "per_dim", "z_input": "sample", "transition": "mdn"}
+# The mlp transition's dreamed z is kept within +-Z_BOUND: V's z of a picture lies within a few
+# units of 0 (its prior is N(0, 1)), so the bound never touches a packing V can draw; it only stops
+# a dream that has left them from growing until it overflows (seen open loop with M's noise on).
+Z_BOUND = 10.0
 # Sizes of the mlp transition head: in the header of (and only of) a transition "mlp" file.
 MLP_HPARAMS = {"transition_hidden": 512, "transition_layers": 3, "num_items": 10}
 # Output heads on top of the LSTM, in the order their weights are stored; the mask
@@ -534,8 +538,8 @@ class RNNNumpy:
     def _sample_next_z_mlp(self, out, temperature, rng, noise_scale: float = 1.0):
         """sample_next_z of the mlp transition: the next item drawn from the item head (logits
         divided by the temperature; one uniform per row), then z + MLP(z, a, item), plus the
-        learned per-dimension noise times sqrt(temperature) * noise_scale. Sets out["next_item"]
-        (the drawn size)."""
+        learned per-dimension noise times sqrt(temperature) * noise_scale, within +-Z_BOUND. Sets
+        out["next_item"] (the drawn size)."""
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if noise_scale < 0:
@@ -547,7 +551,8 @@ class RNNNumpy:
         out["next_item"] = item + 1
         z = out["z"] + self.transition_delta(out["z"], out["action"], item)
         gauss = rng.standard_normal(z.shape)            # drawn whatever the scale: the same stream
-        return (z + self._t_sigma * np.sqrt(temperature) * noise_scale * gauss).astype(np.float32)
+        z = z + self._t_sigma * np.sqrt(temperature) * noise_scale * gauss
+        return np.clip(z, -Z_BOUND, Z_BOUND).astype(np.float32)
 
     @staticmethod
     def sample_next_z(out, temperature, rng, noise_scale: float = 1.0):

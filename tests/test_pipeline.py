@@ -179,12 +179,12 @@ def test_dry_run_prints_the_commands_and_an_estimate_and_runs_nothing(tmp_path):
 
 def test_the_transition_recipe_trains_the_mlp_m_on_item_labelled_series(tmp_path):
     from pipeline import plan, stages
-    for scale, steps, seq_len in (("small", 3000, 50), ("tiny", 15, 5)):
+    for scale, steps, seq_len in (("small", 2000, 50), ("tiny", 10, 5)):
         named = {st["name"]: st for st in stages(plan(scale, "transition"), str(tmp_path), 0)}
         series, rnn = named["series"]["commands"][0], named["rnn"]["commands"][0]
         assert series[series.index("--item_frames") + 1] == "4000"
         flags = " ".join(rnn)
-        for flag in ("--transition mlp", "--z_input mean", "--transition_input_noise 0.2", "--batch_size 64",
+        for flag in ("--transition mlp", "--z_input mean", "--transition_input_noise 0.1", "--batch_size 64",
                      f"--steps {steps}", f"--seq_len {seq_len}"):
             assert flag in flags, (scale, flag)
         assert "dream_starts" in named and "--dream_reward picture" in " ".join(named["controller"]["parallel"][0])

@@ -342,6 +342,22 @@ def test_mlp_sample_next_z_draws_the_item_then_steps_deterministically(mlp_model
         rnn.sample_next_z(dict(out), 0.0, np.random.default_rng(7))
 
 
+def test_mlp_dream_z_stays_bounded_where_the_transition_runs_away(mlp_model):
+    from rnn.rnn import Z_BOUND
+    rnn = RNNNumpy.from_model(mlp_model)
+    kernel, bias = rnn._t_layers[-1]
+    rnn._t_layers[-1] = (kernel, bias + 1e30)                    # a step that would overflow float32
+    n = 64
+    z = np.zeros((n, 32), np.float32)
+    actions = np.zeros(n, int)
+    h, c = rnn.initial_state(n)
+    for _ in range(3):
+        h, c, out = rnn.step(z, actions, h, c)
+        z = rnn.sample_next_z(out, 1.0, np.random.default_rng(0))
+        assert np.isfinite(z).all() and np.abs(z).max() <= Z_BOUND
+    assert np.isclose(np.abs(z).max(), Z_BOUND)
+
+
 def test_mlp_training_reduces_every_loss():
     model = MDNRNN(learning_rate=3e-3, seed=5, **MLP_SIZES)
     z, actions, rewards, dones, next_masks, _, weights = _toy_batch(np.random.default_rng(5))
