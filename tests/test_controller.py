@@ -399,8 +399,7 @@ def test_train_in_dreams_begun_at_real_states(models, tiny_series, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["generations"] == 2 and summary["dream_starts_real_steps"] == 0
-    # starts made with another M are refused, and so is a resume with other starts
-    # and so is a file that is not an npz
+    # starts made with another M are refused, and so are a resume with other starts and a file that is not an npz
     MDNRNN(hidden_size=16, seed=1).save_json(str(tmp_path / "other_rnn.json"))
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     other_m, other_starts, not_npz = run_at_once(
