@@ -14,12 +14,16 @@ and --workers are. Policies:
                     (the highest level the item fits in; a new bin only if none fits);
   epsilon_sum_of_squares  the same around Sum of Squares, whose packings (more bins left
                     open at more levels) Best Fit's rollouts never show M.
+  controller        the same around a trained agent (--controller C, with the --vae and --rnn it
+                    was trained with): the states C itself visits, for the next round of M's
+                    training (World Models' iterative procedure).
 A 1000-step episode is 12 MB of raw pictures, buffered until the batch ends: each
 worker holds about batch x 12 MB.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import sys
 import time
@@ -27,10 +31,11 @@ import time
 import numpy as np
 
 from bin_packing_environment import PRESETS, episode_seeds, make_config, preset_config
-from components.rollouts import disk_bytes, run_episodes, scripted_policy
+from components.rollouts import controller_policy, disk_bytes, run_episodes, scripted_policy
+from controller import DEFAULT_RNN, DEFAULT_VAE
 from stages_common import MAX_EPISODES, check_output_dir, finite_float, remove_stale_record_temps, seed_int
 
-POLICIES = ("random", "epsilon_best_fit", "epsilon_sum_of_squares")
+POLICIES = ("random", "epsilon_best_fit", "epsilon_sum_of_squares", "controller")
 
 
 def parse_args(argv=None):
@@ -38,6 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--episodes", type=int, required=True, help="number of episodes to write")
     parser.add_argument("--policy", default="epsilon_best_fit", help=f"one of {', '.join(POLICIES)}")
     parser.add_argument("--epsilon", type=finite_float, default=0.3, help="exploration rate of the epsilon_ policies")
+    parser.add_argument("--controller", default=None, help="--policy controller: C's file (train.py's .best.json)")
+    parser.add_argument("--vae", default=DEFAULT_VAE, help="--policy controller: the V that C was trained with")
+    parser.add_argument("--rnn", default=DEFAULT_RNN, help="--policy controller: the M that C was trained with")
     parser.add_argument("--workers", type=int, default=1, help="processes")
     parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--record_dir", default="record")
@@ -50,6 +58,13 @@ def parse_args(argv=None):
         parser.error(f"--episodes must be >= 1 and <= {MAX_EPISODES}, got {args.episodes}")
     if args.policy not in POLICIES:
         parser.error(f"unknown --policy {args.policy!r}; choose one of {', '.join(POLICIES)}")
+    if (args.policy == "controller") != (args.controller is not None):
+        parser.error("--controller is needed with --policy controller, and only there")
+    if args.controller is not None:
+        try:
+            load_models(args.vae, args.rnn, args.controller)        # refused here, before any episode
+        except ValueError as e:
+            parser.error(str(e))
     if not 0.0 <= args.epsilon <= 1.0:
         parser.error(f"--epsilon must be in [0, 1], got {args.epsilon}")
     if args.workers < 1:
@@ -69,10 +84,23 @@ def parse_args(argv=None):
     return args
 
 
+@functools.lru_cache(maxsize=1)
+def load_models(vae_path, rnn_path, controller_path):
+    """(V, M, C, C's parameters), loaded once per process."""
+    from controller import Controller, load_params, load_rnn, load_vae
+    rnn = load_rnn(rnn_path)
+    controller = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    params = load_params(controller_path, controller)           # before V: a bad file fails fast
+    return load_vae(vae_path), rnn, controller, params
+
+
 def run_chunk(job):
     """Play and write one batch of episodes; returns (episodes, bytes written, total rewards)."""
-    config, policy, epsilon, seed, indices, seeds, record_dir = job
-    act = scripted_policy(policy, seeds, config.time_horizon, epsilon)
+    config, policy, epsilon, seed, indices, seeds, record_dir, model_paths = job
+    if policy == "controller":
+        act = controller_policy(seeds, config.time_horizon, epsilon, load_models(*model_paths))
+    else:
+        act = scripted_policy(policy, seeds, config.time_horizon, epsilon)
     names = [f"{seed}_{i:06d}" for i in indices]
     totals, paths = run_episodes(config, seeds, act, record_dir, names)
     return len(indices), disk_bytes(paths), totals
@@ -84,7 +112,8 @@ def extract(args):
 
     seeds = episode_seeds(args.seed, args.episodes, "rollout")
     jobs = [(args.config, args.policy, args.epsilon, args.seed, list(range(s, min(s + args.batch, args.episodes))),
-             seeds[s:s + args.batch], args.record_dir) for s in range(0, args.episodes, args.batch)]
+             seeds[s:s + args.batch], args.record_dir, (args.vae, args.rnn, args.controller))
+            for s in range(0, args.episodes, args.batch)]
     start = time.time()
     written, totals = 0, []
     bar = tqdm(total=args.episodes, unit="ep", desc=f"{args.policy}", disable=args.quiet)

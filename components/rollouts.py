@@ -50,6 +50,27 @@ def scripted_policy(name: str, seeds, steps: int, epsilon: float = 0.0):
     raise ValueError(f"unknown policy {name!r}; choose 'random', 'epsilon_best_fit' or 'epsilon_sum_of_squares'")
 
 
+def controller_policy(seeds, steps: int, epsilon: float, models: tuple):
+    """act(obs, t) of World Models' agent in the real problem: V reads the picture, C acts on [z, h]
+    (greedy, or a uniform valid action with probability epsilon, from the episodes' own draws), and
+    M's h follows. models = (vae, rnn, controller, params). Rollouts of the current C give M the
+    states C visits (World Models' iterative training, section 5 of the paper)."""
+    vae, rnn, controller, params = models
+    u = episode_uniforms(seeds, steps)
+    h, c = rnn.initial_state(len(seeds))
+
+    def act(obs, t):
+        nonlocal h, c
+        z, _ = vae.encode_mu_logvar(obs["picture"])
+        x = np.concatenate([z, h], axis=1)[None]
+        greedy = controller.act(params, x, obs["action_mask"][None])[0]
+        actions = epsilon_greedy(greedy, obs["action_mask"], u[:, t, 0], u[:, t, 1], epsilon)
+        h, c, _ = rnn.step(z, actions, h, c)
+        return actions
+
+    return act
+
+
 def run_episodes(config, seeds, act, record_dir=None, names=None):
     """Play one episode per seed with `act`; returns (total rewards (n,), paths written).
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -142,3 +143,50 @@ def test_epsilon_zero_sum_of_squares_plays_sum_of_squares():
         np.testing.assert_array_equal(a, sum_of_squares(state, mask))
     explore = scripted_policy("epsilon_sum_of_squares", seeds, 40, 1.0)
     assert not np.array_equal(run_episodes({"time_horizon": 40}, seeds, explore)[0], totals)
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    """A random V, a small random M and a controller with random weights, on disk."""
+    from controller import Controller
+    from rnn.rnn import MDNRNN
+    from vae.vae import ConvVAE
+    d = tmp_path_factory.mktemp("agent")
+    ConvVAE(seed=0).save_json(str(d / "vae.json"))
+    MDNRNN(hidden_size=16, seed=0).save_json(str(d / "rnn.json"))
+    params = np.random.default_rng(0).normal(size=Controller(32, 16, 30).num_params)
+    (d / "c.json").write_text(json.dumps([params.tolist(), 0]))
+    return {k: str(d / f"{k}.json") for k in ("vae", "rnn", "c")}
+
+
+def test_the_controller_policy_plays_as_the_agent_does_in_the_real_problem(agent):
+    """Greedy, it is rollout_real's agent (same totals); with epsilon it explores, valid actions only."""
+    from controller import rollout_real
+    from extract import load_models
+    from components.rollouts import controller_policy
+    models = load_models(agent["vae"], agent["rnn"], agent["c"])
+    seeds, config = np.arange(3), {"time_horizon": 40}
+    greedy, _ = run_episodes(config, seeds, controller_policy(seeds, 40, 0.0, models))
+    vae, rnn, controller, params = models
+    np.testing.assert_allclose(greedy, rollout_real(controller, params, vae, rnn, config, seeds)[0][0])
+    explored, _ = run_episodes(config, seeds, controller_policy(seeds, 40, 0.5, models))   # raises on invalid
+    assert not np.array_equal(explored, greedy)
+
+
+def test_extract_records_the_controllers_episodes_the_same_for_a_seed(agent, tmp_path, capsys):
+    """Through main(argv) in this process: V's TensorFlow is then not imported once a run."""
+    import extract as script
+    flags = ["--episodes", "2", "--policy", "controller", "--controller", agent["c"], "--vae", agent["vae"],
+             "--rnn", agent["rnn"], "--epsilon", "0.2", "--time_horizon", "15", "--seed", "4", "--quiet"]
+    for d in ("a", "b"):
+        assert script.main(flags + ["--record_dir", str(tmp_path / d)])["episodes"] == 2
+    a, b = load_all(tmp_path / "a"), load_all(tmp_path / "b")
+    assert sorted(a) == ["4_000000.npz", "4_000001.npz"] and len(a["4_000000.npz"]["action"]) == 15
+    for name in a:
+        np.testing.assert_array_equal(a[name]["action"], b[name]["action"])
+    for argv, message in ((["--episodes", "2", "--policy", "controller"], "--controller is needed with --policy"),
+                          (flags[:5] + [str(tmp_path / "missing.json")], "missing.json")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            script.main(argv + ["--record_dir", str(tmp_path / "c")])
+        assert e.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
