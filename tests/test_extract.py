@@ -145,18 +145,16 @@ def test_epsilon_zero_sum_of_squares_plays_sum_of_squares():
     assert not np.array_equal(run_episodes({"time_horizon": 40}, seeds, explore)[0], totals)
 
 
+from test_controller import models  # noqa: E402,F401  (the random V and small M on disk)
+
+
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory):
-    """A random V, a small random M and a controller with random weights, on disk."""
+def agent(models, tmp_path_factory):
+    """That V and M, and a controller with random weights on disk."""
     from controller import Controller
-    from rnn.rnn import MDNRNN
-    from vae.vae import ConvVAE
-    d = tmp_path_factory.mktemp("agent")
-    ConvVAE(seed=0).save_json(str(d / "vae.json"))
-    MDNRNN(hidden_size=16, seed=0).save_json(str(d / "rnn.json"))
-    params = np.random.default_rng(0).normal(size=Controller(32, 16, 30).num_params)
-    (d / "c.json").write_text(json.dumps([params.tolist(), 0]))
-    return {k: str(d / f"{k}.json") for k in ("vae", "rnn", "c")}
+    path = tmp_path_factory.mktemp("agent") / "c.json"
+    path.write_text(json.dumps([np.random.default_rng(0).normal(size=Controller(32, 16, 30).num_params).tolist(), 0]))
+    return {"vae": models["vae"], "rnn": models["rnn"], "c": str(path)}
 
 
 def test_the_controller_policy_plays_as_the_agent_does_in_the_real_problem(agent):
