@@ -160,11 +160,6 @@ def run(cmd, env=None):
     return subprocess.CompletedProcess(cmd, code, out.getvalue(), err.getvalue())
 
 
-def run_at_once(*cmds):
-    """Independent runs, results in order (one after another: without start-up they are short)."""
-    return [run(cmd) for cmd in cmds]
-
-
 def test_train_writes_logs_and_resumes(models, tmp_path):
     proc = run(train_cmd(models, tmp_path, "--generations", "2"))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -196,7 +191,7 @@ def test_train_refuses_to_resume_on_a_retrained_m(models, tmp_path):
 
 
 def test_train_is_reproducible(models, tmp_path):
-    for proc in run_at_once(*(train_cmd(models, tmp_path / d, "--generations", "2") for d in ("a", "b"))):
+    for proc in (run(train_cmd(models, tmp_path / d, "--generations", "2")) for d in ("a", "b")):
         assert proc.returncode == 0, proc.stderr[-2000:]
     ha = json.load(open(tmp_path / "a" / "binpacking.cma.2.4.hist.json"))
     hb = json.load(open(tmp_path / "b" / "binpacking.cma.2.4.hist.json"))
@@ -224,8 +219,8 @@ def test_dead_worker_ends_the_run(models, tmp_path):
 def test_weight_decay_pulls_the_mean_towards_zero(models, tmp_path):
     """With an overwhelming weight decay CMA-ES keeps the smallest candidates; without it, it does not."""
     norms = {}
-    procs = run_at_once(*(train_cmd(models, tmp_path / wd, "--generations", "3", "--eval_steps", "3",
-                                    "--weight_decay", wd) for wd in ("0", "1e6")))
+    procs = [run(train_cmd(models, tmp_path / wd, "--generations", "3", "--eval_steps", "3", "--weight_decay", wd))
+             for wd in ("0", "1e6")]
     for wd, proc in zip(("0", "1e6"), procs):
         assert proc.returncode == 0, proc.stderr[-2000:]
         mean = np.asarray(json.load(open(tmp_path / wd / "binpacking.cma.2.4.json"))[0])
@@ -419,11 +414,11 @@ def test_train_in_dreams_begun_at_real_states(models, tiny_series, tmp_path):
     # starts made with another M are refused, and so are a resume with other starts and a file that is not an npz
     MDNRNN(hidden_size=16, seed=1).save_json(str(tmp_path / "other_rnn.json"))
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    other_m, other_starts, not_npz = run_at_once(
+    other_m, other_starts, not_npz = map(run, (
         train_cmd(dict(models, rnn=str(tmp_path / "other_rnn.json")), tmp_path / "log2", "--generations", "1",
                   "--dream_starts", str(tmp_path / "s.npz")),
         train_cmd(models, tmp_path / "log", "--generations", "3"),
-        train_cmd(models, tmp_path / "log3", "--generations", "1", "--dream_starts", str(tmp_path / "bad.npz")))
+        train_cmd(models, tmp_path / "log3", "--generations", "1", "--dream_starts", str(tmp_path / "bad.npz"))))
     assert other_m.returncode != 0 and "another M" in other_m.stderr
     assert other_starts.returncode != 0 and "--dream_starts" in other_starts.stderr
     assert not_npz.returncode != 0 and "cannot read dream starts file" in not_npz.stderr
