@@ -134,7 +134,10 @@ class BatchDream:
         self.mask[:, 0] = 1
         self.t += 1
         self.done = self.done | (out["done_prob"] > 0.5) | (self.t >= self.time_horizon)
-        return self.observation(), reward, self.done.copy(), {"done_prob": out["done_prob"]}
+        info = {"done_prob": out["done_prob"]}
+        if "next_item" in out:                   # the mlp transition draws the next item itself
+            info["next_item"] = out["next_item"]
+        return self.observation(), reward, self.done.copy(), info
 
 
 class CommonRandomNumbers:
@@ -182,9 +185,16 @@ def picture_steps(horizon: int, every: int | None) -> list[int]:
     return [t for t in range(horizon // 2 + 1, horizon + 1) if (horizon - t) % every == 0]
 
 
+def rules_rewards(items: np.ndarray, actions: np.ndarray, bin_size: int) -> np.ndarray:
+    """The packing's reward for placing items (n,) by actions (n,): +item into a bin, -(bin size -
+    item) for a new one (BatchBinPacking.step's rule for a valid action)."""
+    items = np.asarray(items, np.float64)
+    return np.where(np.asarray(actions) == 0, items - bin_size, items)
+
+
 def rollout_dream(controller, params, dream: BatchDream, episodes: int, rng: np.random.Generator,
                   sample_actions: bool = False, common_random_numbers: bool = False, picture_vae=None,
-                  picture_every: int | None = None):
+                  picture_every: int | None = None, rules_vae=None):
     """Total dreamed reward (P, episodes) of P parameter vectors, all dreams stepped together.
 
     With common_random_numbers, every member plays the same `episodes` dreams (CommonRandomNumbers).
@@ -194,7 +204,13 @@ def rollout_dream(controller, params, dream: BatchDream, episodes: int, rng: np.
     errors of M's reward head cannot add up. With picture_every, the end waste is the mean over the
     pictures of `picture_steps`: each decoded picture misreads the waste by ~10 units, the dream's
     drift over 100 steps is a few, so averaging ten pictures ranks policies far better per dream.
+    With rules_vae (an M with the mlp transition, whose item head draws each next item), a step's
+    reward is the packing's rule (`rules_rewards`) for the dreamed item and the action C chose among
+    M's valid ones; the first item is read off V's decoded start picture. No picture misreading
+    and no item lost by M's step can then add to a dream's score; only the bins C opens count.
     """
+    if rules_vae is not None and picture_vae is not None:
+        raise ValueError("a dream is scored by its pictures or by the rules, not both")
     params = np.atleast_2d(np.asarray(params, np.float32))
     P = len(params)
     if common_random_numbers:
@@ -206,12 +222,21 @@ def rollout_dream(controller, params, dream: BatchDream, episodes: int, rng: np.
     end_waste = []
     total = np.zeros(P * episodes)
     done = np.zeros(P * episodes, bool)
+    if rules_vae is not None:
+        if getattr(dream.rnn, "transition", "mdn") != "mlp":
+            raise ValueError("the rules reward needs an M with the mlp transition (rnn_train.py --transition mlp): "
+                             "its item head draws the dream's items")
+        from bin_packing_environment import decode_pictures
+        item = decode_pictures(rules_vae.decode(first_z), bin_size)[:, -1]
     while not done.all():
         x = np.concatenate([obs["z"], obs["h"]], axis=1).reshape(P, episodes, -1)
         mask = obs["action_mask"].reshape(P, episodes, -1)
         actions = controller.act(params, x, mask, rng if sample_actions else None).reshape(-1)
         was_done = done
-        obs, reward, done, _ = dream.step(actions)
+        obs, reward, done, info = dream.step(actions)
+        if rules_vae is not None:
+            reward = np.where(was_done, 0.0, rules_rewards(item, actions, bin_size))
+            item = info["next_item"]
         total += reward
         if picture_vae is None:
             continue
@@ -235,7 +260,8 @@ class DreamSpec:
     the caller's (train.py --time_horizon, dream_fidelity --ranking_horizons)."""
     temperature: float = 1.0            # World Models' tau
     z_noise: float = 1.0                # scale of the Gaussian noise of M's next z
-    reward: str = "m"                   # "m": M's reward head summed; "picture": waste read off V's pictures
+    reward: str = "m"                   # "m": M's reward head summed; "picture": waste read off V's pictures;
+                                        # "rules": the packing's reward for each dreamed item and action
     picture_every: int = 0
     starts: str | None = None           # dream_starts.npz: begin at recorded real states
     empty_start_fraction: float = 0.0
@@ -247,17 +273,21 @@ class DreamSpec:
         return cls(**{field: getattr(args, dest) for field, dest in DREAM_FLAGS.items()})
 
     def batch_dream(self, rnn, initial_z: dict, horizon: int, rnn_path: str | None = None) -> BatchDream:
+        if self.reward == "rules" and getattr(rnn, "transition", "mdn") != "mlp":
+            raise ValueError("--dream_reward rules needs an M with the mlp transition (rnn_train.py --transition "
+                             "mlp): its item head draws the dream's items")
         starts = load_dream_starts(self.starts, rnn, rnn_path) if self.starts else None
         return BatchDream(rnn, initial_z, self.temperature, horizon, starts, self.empty_start_fraction, self.z_noise)
 
     def rollout(self, controller, params, dream: BatchDream, episodes: int, rng: np.random.Generator,
                 vae=None, sample_actions: bool = False):
-        """rollout_dream with this dream's scoring; vae is needed for reward == "picture"."""
-        if self.reward == "picture" and vae is None:
-            raise ValueError("a dream scored by its pictures needs V (--vae)")
+        """rollout_dream with this dream's scoring; vae is needed unless reward == "m"."""
+        if self.reward != "m" and vae is None:
+            raise ValueError(f"a dream scored by --dream_reward {self.reward} needs V (--vae)")
         return rollout_dream(controller, params, dream, episodes, rng, sample_actions=sample_actions,
                              common_random_numbers=self.common_random_numbers,
-                             picture_vae=vae if self.reward == "picture" else None, picture_every=self.picture_every)
+                             picture_vae=vae if self.reward == "picture" else None, picture_every=self.picture_every,
+                             rules_vae=vae if self.reward == "rules" else None)
 
 
 # argparse dest of each DreamSpec field
@@ -273,9 +303,11 @@ def add_dream_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=positive_float, default=1.0, help="M's sampling temperature tau (World Models: 1)")
     g.add_argument("--z_noise", type=non_negative_float, default=1.0,
                    help="scale of the Gaussian noise of M's next z (1: World Models; 0: the sampled component's mean)")
-    g.add_argument("--dream_reward", choices=["m", "picture"], default="m",
+    g.add_argument("--dream_reward", choices=["m", "picture", "rules"], default="m",
                    help="m: the sum of M's reward head (World Models); picture: the waste of the first dreamed "
-                        "packing minus that of the last, read off V's decoded pictures (needs --vae)")
+                        "packing minus that of the last, read off V's decoded pictures (needs --vae); rules: "
+                        "each step's reward by the packing's rule for M's drawn item and the action (needs --vae "
+                        "and an M with --transition mlp)")
     g.add_argument("--picture_every", type=non_negative_int, default=0,
                    help="with --dream_reward picture: 0 reads the last picture only; N > 0 averages the waste "
                         "of one picture in N over the dream's second half (less noise, more decoding)")

@@ -231,7 +231,7 @@ def train(args, workers: Workers):
                 state = pickle.load(f)
             check_resume_flags(args, state, paths["es"])
             print(f"resuming from {paths['es']} at generation {state['generation']}", flush=True)
-    scorer = Scorer(args, need_vae=(workers.rank == 0 or args.env == "real" or args.dream_reward == "picture"))
+    scorer = Scorer(args, need_vae=(workers.rank == 0 or args.env == "real" or args.dream_reward != "m"))
     resumed = state is not None
     if workers.rank == 0 and state is None:
         state = new_state(args, scorer.controller.num_params)

@@ -294,7 +294,7 @@ def pairs_in_order(dream: np.ndarray, real: np.ndarray) -> float:
 
 def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_episodes: int, config,
                   temperature: float = 1.0, seed: int = 0, vae=None, starts: dict | None = None, z_noise: float = 1.0,
-                  picture_reward: bool = False, picture_every: int = 0, controllers: dict | None = None,
+                  dream_reward: str = "m", picture_every: int = 0, controllers: dict | None = None,
                   paired: bool = False, empty_start_fraction: float = 0.0) -> dict:
     """Best Fit vs Worst Fit in the dream (per horizon) and in the real env: same order?
 
@@ -337,7 +337,8 @@ def rank_policies(rnn, initial_z: dict, horizons, dream_episodes: int, real_epis
     for k in horizons:
         dream = BatchDream(rnn, initial_z, temperature, k, starts, empty_start_fraction, z_noise=z_noise)
         totals, _ = rollout_dream(controller, params, dream, dream_episodes, rng, common_random_numbers=paired,
-                                  picture_vae=vae if picture_reward else None, picture_every=picture_every)
+                                  picture_vae=vae if dream_reward == "picture" else None, picture_every=picture_every,
+                                  rules_vae=vae if dream_reward == "rules" else None)
         means, spread = totals.mean(1), totals.std(1)
         row = {"horizon": int(k), "dream": dict(zip(names, map(float, means))),
                "agrees": bool(np.sign(means[0] - means[1]) == real_sign)}
@@ -627,7 +628,7 @@ def main(argv=None):
             fail(parser, str(e))
         ranking = rank_policies(rnn, initial_z, ranking_horizons, args.ranking_episodes,
                                 args.ranking_real_episodes, config, args.temperature, args.seed, vae=vae,
-                                starts=starts, picture_reward=args.dream_reward == "picture",
+                                starts=starts, dream_reward=args.dream_reward,
                                 picture_every=args.picture_every, controllers=controllers,
                                 paired=spec.common_random_numbers, z_noise=spec.z_noise,
                                 empty_start_fraction=spec.empty_start_fraction)

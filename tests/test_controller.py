@@ -554,3 +554,76 @@ def test_train_with_the_picture_reward(models, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = run(train_cmd(models, tmp_path, "--generations", "2", "--eval_steps", "5"))
     assert proc.returncode != 0 and "--dream_reward picture" in proc.stderr
+
+
+# ---------------------------------------------------------------- the rules reward (--dream_reward rules)
+
+@pytest.fixture(scope="module")
+def mlp_rnn(tmp_path_factory):
+    """A small random M with the mlp transition (its item head draws the dream's items)."""
+    from rnn.rnn import MDNRNN
+    path = tmp_path_factory.mktemp("mlp") / "rnn.json"
+    MDNRNN(hidden_size=16, seed=0, transition="mlp", z_input="mean", transition_hidden=32, transition_layers=2,
+           num_items=9).save_json(str(path))
+    return str(path)
+
+
+def test_rules_rewards_are_the_environments_for_valid_actions():
+    from bin_packing_environment import BatchBinPacking
+    from dream_env import rules_rewards
+    env = BatchBinPacking(dict(PRESETS["perfect_pack"], time_horizon=80), 6)
+    obs = env.reset(episode_seeds(0, 6, "eval"))
+    rng = np.random.default_rng(0)
+    for _ in range(80):
+        actions = baselines.random_valid_from_uniforms(obs["action_mask"], rng.random(6))
+        item = obs["state"][:, -1]
+        obs, reward, _, _ = env.step(actions)
+        assert np.array_equal(rules_rewards(item, actions, 30), reward)
+
+
+def test_rules_reward_of_a_dream_counts_the_bins_c_opens(models, mlp_rnn):
+    """The first item read off the start picture, then M's drawn items: the total is the items'
+    sum minus the bin size for every new bin, replayed by hand on the same draws."""
+    from dream_env import BatchDream, load_initial_z, rollout_dream
+    from controller import load_rnn
+    rnn, initial_z = load_rnn(mlp_rnn), load_initial_z(models["initial_z"])
+    states = np.zeros((40, 31), int)
+    states[:, 1:30] = np.random.default_rng(0).integers(0, 4, size=(40, 29))
+    states[:, -1] = np.random.default_rng(1).integers(1, 10, size=40)
+    vae = PictureOfState(states, spread=100)
+    c = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    params = np.random.default_rng(1).normal(size=(2, c.num_params))
+    rules, _ = rollout_dream(c, params, BatchDream(rnn, initial_z, 1.0, 8), 3, np.random.default_rng(5),
+                             rules_vae=vae)
+    m, _ = rollout_dream(c, params, BatchDream(rnn, initial_z, 1.0, 8), 3, np.random.default_rng(5))
+    dream, rng = BatchDream(rnn, initial_z, 1.0, 8), np.random.default_rng(5)
+    obs = dream.reset(6, rng)
+    item = states[(np.abs(obs["z"]).sum(1) * 100).astype(int) % 40, -1]
+    items, new_bins, done = np.zeros(6), np.zeros(6), np.zeros(6, bool)
+    while not done.all():
+        actions = c.act(params, np.concatenate([obs["z"], obs["h"]], 1).reshape(2, 3, -1),
+                        obs["action_mask"].reshape(2, 3, -1)).reshape(-1)
+        live = ~done
+        items += np.where(live, item, 0)
+        new_bins += live & (actions == 0)
+        obs, _, done, info = dream.step(actions)
+        assert set(np.unique(info["next_item"])) <= set(range(1, 10))
+        item = info["next_item"]
+    assert 0 < new_bins.sum() < 48                        # some new bins, some items into bins
+    assert np.allclose(rules.reshape(-1), items - 30 * new_bins) and not np.allclose(rules, m)
+
+
+def test_rules_reward_needs_the_mlp_transition(models, mlp_rnn, tmp_path):
+    from dream_env import BatchDream, load_initial_z, rollout_dream
+    from controller import load_rnn, load_vae
+    rnn, vae = load_rnn(models["rnn"]), load_vae(models["vae"])
+    c = Controller(rnn.z_size, rnn.hidden_size, rnn.action_size)
+    dream = BatchDream(rnn, load_initial_z(models["initial_z"]), 1.0, 4)
+    with pytest.raises(ValueError, match="mlp transition"):
+        rollout_dream(c, np.zeros((1, c.num_params)), dream, 2, np.random.default_rng(0), rules_vae=vae)
+    proc = run(train_cmd(models, tmp_path / "mdn", "--generations", "1", "--dream_reward", "rules"))
+    assert proc.returncode != 0 and "--transition mlp" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run(train_cmd(dict(models, rnn=mlp_rnn), tmp_path / "mlp", "--generations", "1", "--eval_steps", "5",
+                         "--dream_reward", "rules", "--common_random_numbers"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(json.load(open(tmp_path / "mlp" / "binpacking.cma.2.4.hist.json"))) == 1
