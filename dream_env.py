@@ -185,6 +185,13 @@ def picture_steps(horizon: int, every: int | None) -> list[int]:
     return [t for t in range(horizon // 2 + 1, horizon + 1) if (horizon - t) % every == 0]
 
 
+def check_rules_rnn(rnn) -> None:
+    """The rules reward reads each dreamed item off M's item head: only the mlp transition has one."""
+    if getattr(rnn, "transition", "mdn") != "mlp":
+        raise ValueError("--dream_reward rules needs an M with the mlp transition (rnn_train.py --transition mlp): "
+                         "its item head draws the dream's items")
+
+
 def rules_rewards(items: np.ndarray, actions: np.ndarray, bin_size: int) -> np.ndarray:
     """The packing's reward for placing items (n,) by actions (n,): +item into a bin, -(bin size -
     item) for a new one (BatchBinPacking.step's rule for a valid action)."""
@@ -207,7 +214,9 @@ def rollout_dream(controller, params, dream: BatchDream, episodes: int, rng: np.
     With rules_vae (an M with the mlp transition, whose item head draws each next item), a step's
     reward is the packing's rule (`rules_rewards`) for the dreamed item and the action C chose among
     M's valid ones; the first item is read off V's decoded start picture. No picture misreading
-    and no item lost by M's step can then add to a dream's score; only the bins C opens count.
+    and no item lost by M's step can then add to a dream's score, but a bin M invents is free to
+    fill, and C learns to make M invent them (docs/experiments.md, "Scoring each dreamed step by
+    the rules"): it does not teach.
     """
     if rules_vae is not None and picture_vae is not None:
         raise ValueError("a dream is scored by its pictures or by the rules, not both")
@@ -223,9 +232,7 @@ def rollout_dream(controller, params, dream: BatchDream, episodes: int, rng: np.
     total = np.zeros(P * episodes)
     done = np.zeros(P * episodes, bool)
     if rules_vae is not None:
-        if getattr(dream.rnn, "transition", "mdn") != "mlp":
-            raise ValueError("the rules reward needs an M with the mlp transition (rnn_train.py --transition mlp): "
-                             "its item head draws the dream's items")
+        check_rules_rnn(dream.rnn)
         from bin_packing_environment import decode_pictures
         item = decode_pictures(rules_vae.decode(first_z), bin_size)[:, -1]
     while not done.all():
@@ -273,9 +280,8 @@ class DreamSpec:
         return cls(**{field: getattr(args, dest) for field, dest in DREAM_FLAGS.items()})
 
     def batch_dream(self, rnn, initial_z: dict, horizon: int, rnn_path: str | None = None) -> BatchDream:
-        if self.reward == "rules" and getattr(rnn, "transition", "mdn") != "mlp":
-            raise ValueError("--dream_reward rules needs an M with the mlp transition (rnn_train.py --transition "
-                             "mlp): its item head draws the dream's items")
+        if self.reward == "rules":
+            check_rules_rnn(rnn)
         starts = load_dream_starts(self.starts, rnn, rnn_path) if self.starts else None
         return BatchDream(rnn, initial_z, self.temperature, horizon, starts, self.empty_start_fraction, self.z_noise)
 
@@ -307,7 +313,7 @@ def add_dream_arguments(p: argparse.ArgumentParser) -> None:
                    help="m: the sum of M's reward head (World Models); picture: the waste of the first dreamed "
                         "packing minus that of the last, read off V's decoded pictures (needs --vae); rules: "
                         "each step's reward by the packing's rule for M's drawn item and the action (needs --vae "
-                        "and an M with --transition mlp)")
+                        "and an M with --transition mlp; C exploits it, see docs/experiments.md)")
     g.add_argument("--picture_every", type=non_negative_int, default=0,
                    help="with --dream_reward picture: 0 reads the last picture only; N > 0 averages the waste "
                         "of one picture in N over the dream's second half (less noise, more decoding)")
