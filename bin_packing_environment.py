@@ -509,6 +509,13 @@ def nearest_valid(actions: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.where(fits.any(-1), dist.argmin(-1) + 1, 0)      # argmin: the first (lowest) of equals
 
 
+def rules_rewards(items, actions, bin_size: int) -> np.ndarray:
+    """The packing's reward for placing items (n,) by valid actions (n,): +item into a bin,
+    -(bin size - item) for a new one (the environment's rule, and the dream's --dream_reward rules)."""
+    items = np.asarray(items, np.float64)
+    return np.where(np.asarray(actions) == 0, items - bin_size, items)
+
+
 def place_items(states, actions, act=None) -> tuple[np.ndarray, np.ndarray]:
     """(states after each item goes where its action says, the level it brings its bin to).
 
@@ -612,7 +619,7 @@ class BatchBinPacking:
                 invalid = np.zeros_like(invalid)
         act = live & ~invalid
         new_bin = actions == 0
-        reward = np.where(new_bin, -(B - item), item).astype(np.float64)
+        reward = rules_rewards(item, actions, B)
         self.states, target = place_items(self.states, actions, act)
         reward = np.where(invalid, INVALID_ACTION_PENALTY + self.last_reward, np.where(act, reward, 0.0))
         self.last_reward = np.where(act, reward, self.last_reward)

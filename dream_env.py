@@ -27,6 +27,7 @@ import gym
 import numpy as np
 from gym import spaces
 
+from bin_packing_environment import rules_rewards
 from controller import DEFAULT_INITIAL_Z, DEFAULT_RNN, DEFAULT_VAE, load_rnn, load_vae
 
 
@@ -190,13 +191,6 @@ def check_rules_rnn(rnn) -> None:
     if getattr(rnn, "transition", "mdn") != "mlp":
         raise ValueError("--dream_reward rules needs an M with the mlp transition (rnn_train.py --transition mlp): "
                          "its item head draws the dream's items")
-
-
-def rules_rewards(items: np.ndarray, actions: np.ndarray, bin_size: int) -> np.ndarray:
-    """The packing's reward for placing items (n,) by actions (n,): +item into a bin, -(bin size -
-    item) for a new one (BatchBinPacking.step's rule for a valid action)."""
-    items = np.asarray(items, np.float64)
-    return np.where(np.asarray(actions) == 0, items - bin_size, items)
 
 
 def rollout_dream(controller, params, dream: BatchDream, episodes: int, rng: np.random.Generator,
