@@ -1,7 +1,7 @@
 """The whole World Models pipeline, stage by stage: how much is the scale, how is the recipe.
 
-    python pipeline.py --scale tiny|small|paper [--recipe starts|transition|original] [--work_dir runs/<scale>]
-                       [--seed 0] [--force] [--dry_run]
+    python pipeline.py --scale tiny|small|paper [--recipe starts|transition|original] [--rounds N]
+                       [--work_dir runs/<scale>] [--seed 0] [--force] [--dry_run]
     make pipeline SCALE=small
 
 Every stage is the ordinary stage script run as a subprocess, writing under --work_dir:
@@ -14,13 +14,19 @@ The recipe `starts` (the default) begins its dreams at recorded real states and 
 by the waste of its decoded pictures, with common random numbers and M's Gaussian noise off;
 `transition` is `starts` with M's next z from a deep MLP trained on noisy inputs (docs/experiments.md);
 `original` is World Models as published (dreams from empty packings scored by M's reward head).
+--rounds N then repeats World Models' iterative procedure N times: the last C plays the real
+problem with a little exploration, its episodes join M's data, M trains on from where it was,
+and C is trained again (from the same seeds) in the new dream; the evaluation scores the last
+round's C. Each round writes under <work_dir>/round<r>/, and a run with more rounds than the
+last keeps every stage already done.
 A stage whose command and input files are unchanged since it last succeeded is skipped; a stage
 killed half way resumes, because every training script resumes from its own checkpoint; a stage
 that succeeded before but is re-run (its command or inputs changed, or --force) first removes
 its own state (the records, a checkpoint, the CMA-ES logs), so it starts afresh instead of
 resuming what other inputs produced. The first failing stage stops the pipeline with its error.
-Per-stage wall times and the final rewards go to <work_dir>/pipeline_summary.json; --dry_run
-prints the commands and a rough wall-time estimate for --workers cores instead.
+Per-stage wall times, the real steps each part took and the final rewards go to
+<work_dir>/pipeline_summary.json; --dry_run prints the commands and a rough wall-time estimate
+for --workers cores instead.
 """
 from __future__ import annotations
 
@@ -37,23 +43,25 @@ from stages_common import SEED_MAX, atomic_write_json, bounded_int, check_output
 
 # Two knobs. A scale says how much (data, epochs, population, workers); a recipe says how (the
 # rollout policies, V's and M's losses, what a dream is). Every scale runs every recipe.
+# round_episodes and round_rnn_steps size each round of --rounds: C's real episodes added to M's
+# data, and M's further training steps.
 SCALES = {
     # tiny: the CI smoke test (every stage in about a minute)
     "tiny": dict(rollout_episodes=6, horizon=30, vae_epochs=1, frames_per_episode=10, rnn_steps=20, seq_len=10,
                  popsize=4, num_episode=2, generations=2, dream_horizon_cap=10, eval_steps=2, eval_episodes=2,
                  eval_horizon=30, workers=1, final_episodes=3, starts_per_episode=5, c_seeds=2, fidelity_episodes=2,
                  fidelity_extra=["--ranking_episodes", "4", "--ranking_real_episodes", "2", "--ranking_real_horizon", "30",
-                                 "--coherence_dreams", "8"]),
+                                 "--coherence_dreams", "8"], round_episodes=3, round_rnn_steps=10),
     # small: a 2-core machine in about an hour (docs/experiments.md, "The whole pipeline at SCALE=small")
     "small": dict(rollout_episodes=800, horizon=None, vae_epochs=30, frames_per_episode=50, rnn_steps=4000,
                   seq_len=100, popsize=64, num_episode=16, generations=30, eval_steps=2, eval_episodes=100,
                   eval_horizon=None, workers=1, c_seeds=3, final_episodes=1000, fidelity_episodes=20,
-                  starts_per_episode=100),
+                  starts_per_episode=100, round_episodes=100, round_rnn_steps=3000),
     # paper: the original's scale, for a big machine (see --dry_run for its commands and time)
     "paper": dict(rollout_episodes=10000, horizon=None, vae_epochs=10, frames_per_episode=0, rnn_steps=4000,
                   seq_len=100, popsize=64, num_episode=16, generations=1000, eval_steps=25, eval_episodes=1024,
                   eval_horizon=None, workers=64, c_seeds=1, final_episodes=1000, fidelity_episodes=100,
-                  starts_per_episode=10),
+                  starts_per_episode=10, round_episodes=1000, round_rnn_steps=3000),
 }
 # Rollouts are (share of the episodes, epsilon, policy); each share is a rollout set recorded with
 # its own seed. V trains on the first vae_rollout_sets sets (None: all).
@@ -87,11 +95,14 @@ RECIPES["transition"] = dict(RECIPES["starts"], item_frames=4000, rnn_steps_fact
                                         "--transition_layers", "3", "--transition_input_noise", "0.1"],
                              rnn_batch=64, rnn_window_step=1.9e-4)
 DEFAULT_RECIPE = "starts"
+# --rounds: C plays its real episodes with this share of random valid actions, so that M also sees
+# what follows C's mistakes (docs/experiments.md, "One iterative round with the noisy-input transition").
+ROUND_EPSILON = 0.1
 
 
-def plan(scale: str, recipe: str, workers: int | None = None) -> dict:
+def plan(scale: str, recipe: str, workers: int | None = None, rounds: int = 0) -> dict:
     """One dict of every setting the stages read: the scale's sizes and the recipe's choices."""
-    s = {**SCALES[scale], **RECIPES[recipe]}
+    s = {**SCALES[scale], **RECIPES[recipe], "rounds": rounds, "round_epsilon": ROUND_EPSILON}
     n = s["rollout_episodes"]
     counts = [round(share * n) for share, _, _ in s["rollouts"][:-1]]
     counts.append(n - sum(counts))
@@ -119,25 +130,86 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
     rollouts = [[py, "extract.py", "--episodes", str(n), "--policy", policy, "--epsilon", str(eps),
                  "--workers", "2", "--seed", str(seed + 1 + k), "--record_dir", j("record"), "--quiet", *horizon]
                 for k, (n, eps, policy) in enumerate(s["rollouts"])]
-    best = j("log", f"binpacking.cma.{s['num_episode']}.{s['popsize']}.best.json")
     eval_horizon = ["--eval_horizon", str(s["eval_horizon"])] if s["eval_horizon"] else []
     dream_horizon = ["--time_horizon", str(s["dream_horizon"])] if s["dream_horizon"] else []
-    starts = j("starts", "dream_starts.npz")
-    # C is trained from c_seeds seeds (side by side, a process each) and pick_controller.py keeps
-    # the one with the best validation score; one seed writes straight to log/
-    c_seeds = s.get("c_seeds", 1)
-    c_runs = [(seed + k, j("log", f"seed{seed + k}") if c_seeds > 1 else j("log")) for k in range(c_seeds)]
-    starts_stage = [dict(name="dream_starts", commands=[[py, "dream_starts.py", "--series", j("series", "series.npz"),
-                                                          "--rnn", j("rnn", "rnn.json"), "--per_episode",
-                                                          str(s["starts_per_episode"]), "--out", starts,
-                                                          "--seed", str(seed)]],
-                         inputs=[j("series", "series.npz"), j("rnn", "rnn.json")], outputs=[starts])
-                    ] if s.get("starts_per_episode") else []
-    starts_flag = ["--dream_starts", starts] if starts_stage else []
-    # what a dream is: the same flags for C's training and for the fidelity stage that measures it
-    dream_flags = ((["--dream_reward", s["dream_reward"]] if s["dream_reward"] != "m" else [])
-                   + (["--z_noise", str(s["z_noise"])] if s["z_noise"] != 1 else []) + starts_flag)
     crn = ["--common_random_numbers"] if s["common_random_numbers"] else []
+
+    def dream_stages(prefix: str, series: str, rnn: str, initial_z: str, out: str) -> tuple[list[dict], str]:
+        """The dream starts (recipes that begin dreams at real states) and C trained in M's dream:
+        from c_seeds seeds side by side (a process each), of which pick_controller.py keeps the one
+        with the best validation score (one seed writes straight to <out>/log/). Returns the stages
+        and the path of the chosen C."""
+        best = os.path.join(out, "log", f"binpacking.cma.{s['num_episode']}.{s['popsize']}.best.json")
+        c_seeds = s.get("c_seeds", 1)
+        c_runs = [(seed + k, os.path.join(out, "log", f"seed{seed + k}") if c_seeds > 1 else os.path.join(out, "log"))
+                  for k in range(c_seeds)]
+        starts = os.path.join(out, "starts", "dream_starts.npz")
+        starts_stage = [dict(name=prefix + "dream_starts",
+                             commands=[[py, "dream_starts.py", "--series", series, "--rnn", rnn, "--per_episode",
+                                        str(s["starts_per_episode"]), "--out", starts, "--seed", str(seed)]],
+                             inputs=[series, rnn], outputs=[starts])] if s.get("starts_per_episode") else []
+        starts_flag = ["--dream_starts", starts] if starts_stage else []
+        # what a dream is: the same flags for C's training and for the fidelity stage that measures it
+        dream = ((["--dream_reward", s["dream_reward"]] if s["dream_reward"] != "m" else [])
+                 + (["--z_noise", str(s["z_noise"])] if s["z_noise"] != 1 else []) + starts_flag)
+        fidelity = [] if prefix else [dict(
+            name="dream_fidelity", commands=[[py, "-m", "analysis.dream_fidelity", "--record_dir", j("record"),
+                                              "--vae", vae, "--rnn", rnn, "--episodes", str(s["fidelity_episodes"]),
+                                              "--out", j("dream_fidelity.json"), "--seed", str(seed),
+                                              *dream, *(["--ranking_paired"] if crn else []),
+                                              *(["--ranking_horizons", str(s["dream_horizon"])]
+                                                if s["dream_horizon"] else []),
+                                              *s.get("fidelity_extra", [])]],
+            inputs=[vae, rnn, initial_z, *starts_flag[1:]], outputs=[j("dream_fidelity.json")])]
+        controller = dict(name=prefix + "controller",
+                          parallel=[[py, "train.py", "--vae", vae, "--rnn", rnn, "--initial_z", initial_z,
+                                     "--log_dir", log_dir, "--popsize", str(s["popsize"]),
+                                     "--num_episode", str(s["num_episode"]), "--generations", str(s["generations"]),
+                                     *dream_horizon, "--weight_decay", str(s["weight_decay"]),
+                                     "--eval_steps", str(s["eval_steps"]), "--eval_episodes", str(s["eval_episodes"]),
+                                     "--num_worker", str(s["workers"]), "--seed", str(c_seed), *eval_horizon,
+                                     *dream, *crn] for c_seed, log_dir in c_runs],
+                          parallel_logs=[os.path.join(d, "train.out") for _, d in c_runs],
+                          commands=[[py, "pick_controller.py", *[os.path.join(d, os.path.basename(best))
+                                                                 for _, d in c_runs], "--out", best]]
+                          if len(c_runs) > 1 else [],
+                          inputs=[vae, rnn, initial_z, *starts_flag[1:]], outputs=[best],
+                          fresh=[os.path.join(out, "log")])
+        return [*starts_stage, *fidelity, controller], best
+
+    vae, rnn, initial_z = j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")
+    item_frames = ["--item_frames", str(s["item_frames"])] if s.get("item_frames") else []
+    rnn_flags = ["--seq_len", str(s["seq_len"]), *(["--batch_size", str(s["rnn_batch"])] if s.get("rnn_batch") else []),
+                 "--seed", str(seed), *s.get("rnn_extra", [])]
+    dream, best = dream_stages("", j("series", "series.npz"), rnn, initial_z, w)
+    # World Models' iterative procedure (section 5 of the paper): each round plays the last C in the
+    # real problem with exploration, adds those episodes to M's data, trains M on for
+    # round_rnn_steps from the last M, and trains C again in the new dream. Everything a round
+    # writes lies under <work_dir>/round<r>/.
+    rounds, records = [], [j("record")]
+    for r in range(1, s.get("rounds", 0) + 1):
+        rj = lambda *p, r=r: j(f"round{r}", *p)  # noqa: E731
+        records.append(rj("record"))
+        round_rnn = rj("tf_rnn", "rnn.json")
+        rounds += [
+            dict(name=f"round{r}_rollouts",
+                 commands=[[py, "extract.py", "--policy", "controller", "--controller", best, "--vae", vae,
+                            "--rnn", rnn, "--epsilon", str(s["round_epsilon"]), "--episodes",
+                            str(s["round_episodes"]), "--workers", "2", "--seed", str(seed + 20 + r),
+                            "--record_dir", rj("record"), "--quiet", *horizon]],
+                 inputs=[best, rnn], outputs=[rj("record")], fresh=[rj("record")]),
+            dict(name=f"round{r}_series",
+                 commands=[[py, "series.py", "--record_dir", *records, "--vae", vae, "--out",
+                            rj("series", "series.npz"), *item_frames]],
+                 inputs=[*records, vae], outputs=[rj("series", "series.npz")]),
+            dict(name=f"round{r}_rnn",
+                 commands=[[py, "rnn_train.py", "--series", rj("series", "series.npz"), "--out_dir", rj("tf_rnn"),
+                            "--steps", str(s["round_rnn_steps"]), "--init_from", rnn, *rnn_flags]],
+                 inputs=[rj("series", "series.npz"), rnn], outputs=[round_rnn, rj("tf_rnn", "initial_z.json")],
+                 fresh=[rj("tf_rnn")])]
+        rnn, initial_z = round_rnn, rj("tf_rnn", "initial_z.json")
+        stages_r, best = dream_stages(f"round{r}_", rj("series", "series.npz"), rnn, initial_z, rj())
+        rounds += stages_r
     return [
         dict(name="rollouts", commands=rollouts, inputs=[], outputs=[j("record")], fresh=[j("record")]),
         dict(name="vae", commands=[[py, "vae_train.py", "--record_dir", j("record"), "--out_dir", j("tf_vae"),
@@ -148,53 +220,24 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                                     "--seed", str(seed)]],
              inputs=[j("record")], outputs=[j("tf_vae", "vae.json")], fresh=[j("tf_vae")]),
         dict(name="series", commands=[[py, "series.py", "--record_dir", j("record"), "--vae", j("tf_vae", "vae.json"),
-                                       "--out", j("series", "series.npz"),
-                                       *(["--item_frames", str(s["item_frames"])] if s.get("item_frames") else [])]],
+                                       "--out", j("series", "series.npz"), *item_frames]],
              inputs=[j("record"), j("tf_vae", "vae.json")], outputs=[j("series", "series.npz")]),
         dict(name="rnn", commands=[[py, "rnn_train.py", "--series", j("series", "series.npz"), "--out_dir", j("tf_rnn"),
-                                    "--steps", str(s["rnn_steps"]), "--seq_len", str(s["seq_len"]),
-                                    *(["--batch_size", str(s["rnn_batch"])] if s.get("rnn_batch") else []),
-                                    "--seed", str(seed), *s.get("rnn_extra", [])]],
+                                    "--steps", str(s["rnn_steps"]), *rnn_flags]],
              inputs=[j("series", "series.npz")], outputs=[j("tf_rnn", "rnn.json"), j("tf_rnn", "initial_z.json")],
              fresh=[j("tf_rnn")]),
         dict(name="copy", commands=[[py, "copy_models.py", "--vae", j("tf_vae", "vae.json"), "--rnn",
                                      j("tf_rnn", "rnn.json"), "--initial_z", j("tf_rnn", "initial_z.json"),
                                      "--out_root", w]],
              inputs=[j("tf_vae", "vae.json"), j("tf_rnn", "rnn.json"), j("tf_rnn", "initial_z.json")],
-             outputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")]),
-        *starts_stage,
-        dict(name="dream_fidelity", commands=[[py, "-m", "analysis.dream_fidelity", "--record_dir", j("record"),
-                                               "--vae", j("vae", "vae.json"), "--rnn", j("rnn", "rnn.json"),
-                                               "--episodes", str(s["fidelity_episodes"]),
-                                               "--out", j("dream_fidelity.json"), "--seed", str(seed),
-                                               *dream_flags, *(["--ranking_paired"] if crn else []),
-                                               *(["--ranking_horizons", str(s["dream_horizon"])]
-                                                 if s["dream_horizon"] else []),
-                                               *s.get("fidelity_extra", [])]],
-             inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json"),
-                     *starts_flag[1:]],
-             outputs=[j("dream_fidelity.json")]),
-        dict(name="controller", parallel=[[py, "train.py", "--vae", j("vae", "vae.json"), "--rnn", j("rnn", "rnn.json"),
-                                           "--initial_z", j("initial_z", "initial_z.json"), "--log_dir", log_dir,
-                                           "--popsize", str(s["popsize"]), "--num_episode", str(s["num_episode"]),
-                                           "--generations", str(s["generations"]), *dream_horizon,
-                                           "--weight_decay", str(s["weight_decay"]),
-                                           "--eval_steps", str(s["eval_steps"]),
-                                           "--eval_episodes", str(s["eval_episodes"]), "--num_worker",
-                                           str(s["workers"]), "--seed", str(c_seed), *eval_horizon,
-                                           *dream_flags, *crn] for c_seed, log_dir in c_runs],
-             parallel_logs=[os.path.join(d, "train.out") for _, d in c_runs],
-             commands=[[py, "pick_controller.py", *[os.path.join(d, os.path.basename(best)) for _, d in c_runs],
-                        "--out", best]] if len(c_runs) > 1 else [],
-             inputs=[j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json"),
-                     *starts_flag[1:]], outputs=[best],
-             fresh=[j("log")]),
-        dict(name="evaluation", commands=[[py, "model.py", "norender", best, "--vae", j("vae", "vae.json"),
-                                           "--rnn", j("rnn", "rnn.json"), "--episodes", str(s["final_episodes"]),
-                                           "--seed", str(seed), *horizon],
+             outputs=[vae, j("rnn", "rnn.json"), j("initial_z", "initial_z.json")]),
+        *dream,
+        *rounds,
+        dict(name="evaluation", commands=[[py, "model.py", "norender", best, "--vae", vae, "--rnn", rnn,
+                                           "--episodes", str(s["final_episodes"]), "--seed", str(seed), *horizon],
                                           [py, "baseline_best_fit.py", "--episodes", str(s["final_episodes"]),
                                            "--seed", str(seed), *horizon]],
-             inputs=[best], outputs=[j("evaluation.json")], capture=j("evaluation.json")),
+             inputs=[best, rnn], outputs=[j("evaluation.json")], capture=j("evaluation.json")),
     ]
 
 
@@ -278,7 +321,7 @@ def run_stage(stage: dict, stamp_path: str, force: bool) -> tuple[str, float]:
 # Rough per-unit costs on one core of a 2-core machine, from the timed SCALE=small runs
 # (docs/experiments.md, "The whole pipeline at SCALE=small"): only for --dry_run's estimate.
 UNIT_SECONDS = dict(rollout_step=2.75e-5, vae_frame=1.9e-3, series_step=1.7e-4, rnn_window_step=2.0e-5,
-                    dream_step=1.5e-5, real_step=2.4e-4, final_step=1.4e-4)
+                    dream_step=1.5e-5, real_step=2.4e-4, final_step=1.4e-4, controller_rollout_step=7.1e-4)
 
 
 def estimate(s: dict) -> dict:
@@ -291,13 +334,30 @@ def estimate(s: dict) -> dict:
     generation = s["popsize"] * s["num_episode"] * dream * UNIT_SECONDS["dream_step"]
     evaluations = s["generations"] // s["eval_steps"] * s["eval_episodes"] * T * UNIT_SECONDS["real_step"]
     K = s["workers"]
+    window = s.get("rnn_batch", 100) * s["seq_len"] * s.get("rnn_window_step", UNIT_SECONDS["rnn_window_step"])
+    controller = s["c_seeds"] * (s["generations"] * generation / K + evaluations) / min(s["c_seeds"], K)
+    rounds = sum(s["round_episodes"] * T * UNIT_SECONDS["controller_rollout_step"] / 2           # 2 processes
+                 + (episodes + r * s["round_episodes"]) * T * UNIT_SECONDS["series_step"]
+                 + s["round_rnn_steps"] * window + controller for r in range(1, s["rounds"] + 1))
     return {"rollouts": episodes * T * UNIT_SECONDS["rollout_step"],
             "vae": s["vae_epochs"] * frames * UNIT_SECONDS["vae_frame"],
             "series": episodes * T * UNIT_SECONDS["series_step"],
-            "rnn": (s["rnn_steps"] * s.get("rnn_batch", 100) * s["seq_len"]
-                    * s.get("rnn_window_step", UNIT_SECONDS["rnn_window_step"])),
-            "controller": s["c_seeds"] * (s["generations"] * generation / K + evaluations) / min(s["c_seeds"], K),
+            "rnn": s["rnn_steps"] * window,
+            "controller": controller,
+            **({f"{s['rounds']} round(s)": rounds} if s["rounds"] else {}),
             "evaluation": s["final_episodes"] * T * UNIT_SECONDS["final_step"]}
+
+
+def real_steps(s: dict) -> dict:
+    """Steps of the real problem each part of the pipeline takes (the final evaluation aside):
+    the rollouts, C's validation episodes while it trains, and each round's episodes of C."""
+    T = s["horizon"] or 1000
+    validation = s["c_seeds"] * (s["generations"] // s["eval_steps"]) * s["eval_episodes"] * (s["eval_horizon"] or T)
+    steps = {"rollouts": sum(n for n, _, _ in s["rollouts"]) * T, "controller_validation": validation}
+    for r in range(1, s["rounds"] + 1):
+        steps[f"round{r}_rollouts"] = s["round_episodes"] * T
+        steps[f"round{r}_controller_validation"] = validation
+    return {**steps, "total": sum(steps.values())}
 
 
 def dry_run(s: dict, work_dir: str, seed: int) -> dict:
@@ -327,15 +387,19 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true", help="redo every finished stage from scratch")
     parser.add_argument("--workers", type=bounded_int(1, 4096), default=None,
                         help="MPI workers for CMA-ES (default: the scale's)")
+    parser.add_argument("--rounds", type=bounded_int(0, 20), default=0,
+                        help="rounds of World Models' iterative procedure after the first C: play C in the real "
+                             "problem, add those episodes to M's data, train M on, train C again (default: 0)")
     args = parser.parse_args(argv)
-    scale = plan(args.scale, args.recipe, args.workers)
+    scale = plan(args.scale, args.recipe, args.workers, args.rounds)
     default_dir = args.scale if args.recipe == DEFAULT_RECIPE else f"{args.scale}_{args.recipe}"
     work_dir = args.work_dir or os.path.join("runs", default_dir)
     if args.dry_run:
         return dry_run(scale, work_dir, args.seed)
     check_output_dir(parser, work_dir, "--work_dir")
     os.makedirs(os.path.join(work_dir, ".stamps"), exist_ok=True)
-    summary = {"scale": args.scale, "recipe": args.recipe, "seed": args.seed, "stages": []}
+    summary = {"scale": args.scale, "recipe": args.recipe, "seed": args.seed, "rounds": args.rounds,
+               "real_steps": real_steps(scale), "stages": []}
     total = time.time()
     for stage in stages(scale, work_dir, args.seed):
         try:

@@ -1,7 +1,7 @@
 """Stage 3: encode every recorded episode with V, once, for M's training.
 
-    python series.py [--record_dir record --vae tf_vae/vae.json --out series/series.npz --batch 1000
-                      --z_size 32]
+    python series.py [--record_dir record [more record dirs] --vae tf_vae/vae.json --out series/series.npz
+                      --batch 1000 --z_size 32]
 
 As in World Models (series.py), M is trained on V's mu and logvar rather than on pictures, and
 rnn_train.py samples z from them afresh for every batch. All episodes are concatenated along
@@ -15,7 +15,7 @@ the first axis:
     episode_lengths  int64   (E,)            split points of the above
     episode_names    str     (E,)            record file names without .npz (the held-out split uses them)
     vae_sha256       str     ()              sha256 of the vae.json used, checked downstream
-    record_dir       str     ()
+    record_dir       str     ()              the record directories, joined by os.pathsep
     item             int8    (T,)            only with --item_frames: the item size each frame's
                                              picture shows as V reads it (0: none), for M's mlp
                                              transition (rnn_train.py --transition mlp)
@@ -142,7 +142,8 @@ class Series:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Encode recorded episodes with V into one series.npz for M.")
-    p.add_argument("--record_dir", default="record")
+    p.add_argument("--record_dir", nargs="+", default=["record"],
+                   help="one or more record directories (e.g. the rollouts and C's own episodes of later rounds)")
     p.add_argument("--vae", default="tf_vae/vae.json")
     p.add_argument("--out", default="series/series.npz")
     p.add_argument("--batch", type=positive_int, default=1000, help="frames per call to V")
@@ -318,8 +319,9 @@ def main(argv=None):
     remove_stale_temps([args.out])
     if args.add_items:
         return add_items(parser, args)
-    if not os.path.isdir(args.record_dir):
-        fail(parser, f"record directory {args.record_dir} not found")
+    for record_dir in args.record_dir:
+        if not os.path.isdir(record_dir):
+            fail(parser, f"record directory {record_dir} not found")
     require_file(parser, args.vae, "VAE file")
     try:
         check_vae_header(args.vae, args.z_size)
@@ -327,8 +329,14 @@ def main(argv=None):
         fail(parser, str(e))
     reader = EpisodeReader(args.record_dir)
     listed = reader.paths[:args.max_episodes]
+    where = " ".join(args.record_dir)
     if not listed:
-        fail(parser, f"no episode files (*.npz) in {args.record_dir}")
+        fail(parser, f"no episode files (*.npz) in {where}")
+    names = [episode_name(p) for p in listed]
+    if len(set(names)) < len(names):  # the held-out split goes by name
+        twice = sorted({n for n in names if names.count(n) > 1})
+        fail(parser, f"episode names repeat across the record directories ({', '.join(twice[:3])}); "
+                     "record each set with its own --seed")
     headers = reader.scan(listed)
     paths = [p for p in listed if p in headers]
 
@@ -347,13 +355,13 @@ def main(argv=None):
     seconds = time.time() - start
     skipped = reader.report()
     if not names:
-        fail(parser, f"no usable episode files in {args.record_dir}")
+        fail(parser, f"no usable episode files in {where}")
     arrays = {k: np.concatenate(v) for k, v in out.items()}
     if args.item_frames:
         arrays = with_items(vae, arrays, args.item_frames)
     atomic_write_npz(args.out, **arrays, episode_lengths=np.array(lengths, np.int64),
                      episode_names=np.array(names), vae_sha256=np.array(vae_sha),
-                     record_dir=np.array(os.path.abspath(args.record_dir)))
+                     record_dir=np.array(os.pathsep.join(os.path.abspath(d) for d in args.record_dir)))
     total = int(sum(lengths))
     print(f"wrote {args.out}: {len(names)} episodes, {total} frames, z_size {vae.z_size} "
           f"({total / seconds:.0f} frames/s); skipped {skipped} file(s)")

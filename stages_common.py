@@ -418,8 +418,9 @@ def episode_header(path: str) -> dict:
 class EpisodeReader:
     """Lists and loads episode files, skipping unusable ones and remembering why."""
 
-    def __init__(self, record_dir: str):
-        self.paths = list_episodes(record_dir)           # ValueError if the directory is missing
+    def __init__(self, record_dir: str | list[str]):
+        dirs = [record_dir] if isinstance(record_dir, str) else record_dir
+        self.paths = [p for d in dirs for p in list_episodes(d)]  # ValueError if a directory is missing
         self.skipped: dict[str, str] = {}
         self._reported = 0
 

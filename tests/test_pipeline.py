@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -39,12 +41,31 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
     summary = json.load(open(tmp_path / "pipeline_summary.json"))
     assert all(s["status"] == "skipped" for s in summary["stages"])
 
+    # a round of World Models' iterative procedure on top: the first C's stages are kept, the
+    # round's run, and the evaluation scores the round's C with the round's M
+    proc = pipeline(tmp_path, "--seed", "8", "--rounds", "1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.load(open(tmp_path / "pipeline_summary.json"))
+    status = {s["stage"]: s["status"] for s in summary["stages"]}
+    assert list(status) == names[:-1] + ["round1_rollouts", "round1_series", "round1_rnn", "round1_dream_starts",
+                                         "round1_controller", "evaluation"]
+    assert all(status[n] == "skipped" for n in names[:-1])
+    assert all(v == "ran" for n, v in status.items() if n not in names[:-1])
+    with np.load(tmp_path / "round1" / "series" / "series.npz") as d:     # the rollouts and C's 3 episodes
+        episodes = [str(n) for n in d["episode_names"]]
+    assert len(episodes) == 9 and episodes[-3:] == ["29_000000", "29_000001", "29_000002"]
+    report = json.load(open(tmp_path / "round1" / "tf_rnn" / "rnn_report.json"))
+    assert report["flags"]["init_from"] == str(tmp_path / "rnn" / "rnn.json")
+    assert summary["real_steps"]["round1_rollouts"] == 3 * 30 and summary["real_steps"]["rollouts"] == 6 * 30
+    assert "round1/log/binpacking.cma.2.4.best.json" in proc.stdout.split("[evaluation]")[1]
+
     # --force and changed inputs remove a stage's "fresh" paths before it runs again
     # (test_a_stage_redone_starts_afresh_and_a_killed_one_resumes): every checkpoint lies under them
     from pipeline import DEFAULT_RECIPE, plan, stages
-    fresh = [f for stage in stages(plan("tiny", DEFAULT_RECIPE), str(tmp_path), 8) for f in stage.get("fresh", [])]
+    fresh = [f for stage in stages(plan("tiny", DEFAULT_RECIPE, rounds=1), str(tmp_path), 8)
+             for f in stage.get("fresh", [])]
     state = [p for p in tmp_path.rglob("*") if p.name == "checkpoint" or p.name.endswith(".es.pkl")]
-    assert len(state) >= 4, state                                         # V, M and C's two seeds
+    assert len(state) >= 7, state                                         # V, two Ms and C's four seeds
     assert all(any(str(p).startswith(f + os.sep) for f in fresh) for p in state), (state, fresh)
     # a broken hand-off stops the pipeline at the stage that reads it, with its error
     (tmp_path / "tf_vae" / "vae.json").write_text("{ not json")
@@ -191,3 +212,32 @@ def test_the_transition_recipe_trains_the_mlp_m_on_item_labelled_series(tmp_path
     starts = {st["name"]: st for st in stages(plan("small", "starts"), str(tmp_path), 0)}
     assert "--item_frames" not in starts["series"]["commands"][0]
     assert "--batch_size" not in starts["rnn"]["commands"][0] and "--steps 4000" in " ".join(starts["rnn"]["commands"][0])
+
+
+def test_rounds_play_the_last_c_and_train_m_on_from_the_last_m(tmp_path):
+    from pipeline import plan, stages
+    named = {st["name"]: st for st in stages(plan("small", "transition", rounds=2), str(tmp_path), 0)}
+    w = str(tmp_path)
+    first_c = f"{w}/log/binpacking.cma.16.64.best.json"
+    extract = " ".join(named["round2_rollouts"]["commands"][0])
+    assert f"--controller {w}/round1/log/binpacking.cma.16.64.best.json" in extract
+    assert f"--rnn {w}/round1/tf_rnn/rnn.json" in extract and "--epsilon 0.1 --episodes 100" in extract
+    assert f"--controller {first_c}" in " ".join(named["round1_rollouts"]["commands"][0])
+    series = named["round2_series"]["commands"][0]
+    assert series[series.index("--record_dir") + 1:series.index("--vae")] == [
+        f"{w}/record", f"{w}/round1/record", f"{w}/round2/record"]
+    assert "--item_frames" in series
+    rnn = " ".join(named["round2_rnn"]["commands"][0])
+    assert f"--init_from {w}/round1/tf_rnn/rnn.json" in rnn and "--steps 3000" in rnn
+    assert "--transition mlp" in rnn and "--transition_input_noise 0.1" in rnn
+    train = named["round2_controller"]["parallel"][0]
+    assert train[train.index("--dream_starts") + 1] == f"{w}/round2/starts/dream_starts.npz"
+    assert train[train.index("--rnn") + 1] == f"{w}/round2/tf_rnn/rnn.json"
+    first = named["controller"]["parallel"][0]
+    # the same dream recipe in every round: only the paths differ
+    strip = lambda cmd: [a for a in cmd if w not in a]  # noqa: E731
+    assert strip(train) == strip(first)
+    evaluation = named["evaluation"]["commands"][0]
+    assert evaluation[3] == f"{w}/round2/log/binpacking.cma.16.64.best.json"
+    assert "round1_dream_fidelity" not in named
+    assert "round1_rollouts" not in {st["name"] for st in stages(plan("small", "transition"), w, 0)}

@@ -230,6 +230,26 @@ def test_series_refuses_a_vae_of_another_z_size(record, trained_vae, tmp_path, c
     assert not (tmp_path / "s.npz").exists()
 
 
+def test_series_reads_several_record_dirs_and_refuses_repeated_names(series_file, record, trained_vae, tmp_path,
+                                                                    capsys):
+    import shutil
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copy(record / "ep00.npz", more / "later_ep00.npz")       # one of C's episodes of a later round
+    result, _ = run(series.main, ["--record_dir", record, more, "--vae", trained_vae["out"] / "vae.json",
+                                  "--out", tmp_path / "s.npz", "--batch", 50])
+    assert result["episodes"] == EPISODES + 1 and result["skipped_files"] == BAD_FILES
+    with np.load(tmp_path / "s.npz") as d, np.load(series_file[0]) as one:
+        assert [str(n) for n in d["episode_names"]] == [f"ep{i:02d}" for i in range(EPISODES)] + ["later_ep00"]
+        np.testing.assert_allclose(d["mu"][-HORIZON:].astype(np.float32), one["mu"][:HORIZON].astype(np.float32),
+                                   atol=2e-3, rtol=2e-3)
+    # the held-out split goes by name, so the same name in two directories is refused
+    shutil.copy(record / "ep00.npz", more / "ep00.npz")
+    line = run_fails(series.main, ["--record_dir", record, more, "--vae", trained_vae["out"] / "vae.json",
+                                   "--out", tmp_path / "s2.npz"], capsys)
+    assert "episode names repeat" in line and "ep00" in line and not (tmp_path / "s2.npz").exists()
+
+
 RNN_FLAGS = ["--seq_len", 10, "--batch_size", 8, "--checkpoint_every", 2, "--eval_every", 2]
 
 
