@@ -90,10 +90,11 @@ RECIPES = {
 # for the transition"). The series labels every frame's item (a probe on V's decoded pictures);
 # the MLP learns single steps, so M trains on half-length windows of 64 for half the scale's steps.
 # Input noise 0.1, not 0.2: 0.2 kept more dreamed steps legal but C learned nothing in its dream.
+# A dreamed step of its 3 x 512 MLP costs ~5 times the shipped M's (dream_step_factor, --dry_run only).
 RECIPES["transition"] = dict(RECIPES["starts"], item_frames=4000, rnn_steps_factor=0.5, seq_len_factor=0.5,
                              rnn_extra=["--transition", "mlp", "--z_input", "mean", "--transition_hidden", "512",
                                         "--transition_layers", "3", "--transition_input_noise", "0.1"],
-                             rnn_batch=64, rnn_window_step=1.9e-4)
+                             rnn_batch=64, rnn_window_step=1.9e-4, dream_step_factor=5)
 DEFAULT_RECIPE = "starts"
 # --rounds: C plays its real episodes with this share of random valid actions, so that M also sees
 # what follows C's mistakes (docs/experiments.md, "One iterative round with the noisy-input transition").
@@ -331,7 +332,7 @@ def estimate(s: dict) -> dict:
     frames = (s["vae_rollout_sets"] and sum(n for n, _, _ in s["rollouts"][:s["vae_rollout_sets"]]) or episodes)
     frames *= s["frames_per_episode"] or T
     dream = s["dream_horizon"] or T
-    generation = s["popsize"] * s["num_episode"] * dream * UNIT_SECONDS["dream_step"]
+    generation = s["popsize"] * s["num_episode"] * dream * UNIT_SECONDS["dream_step"] * s.get("dream_step_factor", 1)
     evaluations = s["generations"] // s["eval_steps"] * s["eval_episodes"] * T * UNIT_SECONDS["real_step"]
     K = s["workers"]
     window = s.get("rnn_batch", 100) * s["seq_len"] * s.get("rnn_window_step", UNIT_SECONDS["rnn_window_step"])
