@@ -97,7 +97,7 @@ RECIPES["transition"] = dict(RECIPES["starts"], item_frames=4000, rnn_steps_fact
                              rnn_batch=64, rnn_window_step=1.9e-4, dream_step_factor=5)
 DEFAULT_RECIPE = "starts"
 # --rounds: C plays its real episodes with this share of random valid actions, so that M also sees
-# what follows C's mistakes (docs/experiments.md, "One iterative round with the noisy-input transition").
+# what follows C's mistakes (docs/experiments.md, "Rounds of the iterative procedure").
 ROUND_EPSILON = 0.1
 
 
