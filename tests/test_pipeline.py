@@ -57,6 +57,9 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
     report = json.load(open(tmp_path / "round1" / "tf_rnn" / "rnn_report.json"))
     assert report["flags"]["init_from"] == str(tmp_path / "rnn" / "rnn.json")
     assert summary["real_steps"]["round1_rollouts"] == 3 * 30 and summary["real_steps"]["rollouts"] == 6 * 30
+    trained = [json.loads(open(tmp_path / "round1" / "log" / f"seed{k}" / "train.out").read().strip().splitlines()[-1])
+               for k in (8, 9)]
+    assert summary["real_steps"]["round1_controller_validation"] == sum(t["real_steps"] for t in trained) > 0
     assert "round1/log/binpacking.cma.2.4.best.json" in proc.stdout.split("[evaluation]")[1]
 
     # --force and changed inputs remove a stage's "fresh" paths before it runs again
