@@ -135,11 +135,12 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
     dream_horizon = ["--time_horizon", str(s["dream_horizon"])] if s["dream_horizon"] else []
     crn = ["--common_random_numbers"] if s["common_random_numbers"] else []
 
-    def dream_stages(prefix: str, series: str, rnn: str, initial_z: str, out: str) -> tuple[list[dict], str]:
-        """The dream starts (recipes that begin dreams at real states) and C trained in M's dream:
-        from c_seeds seeds side by side (a process each), of which pick_controller.py keeps the one
-        with the best validation score (one seed writes straight to <out>/log/). Returns the stages
-        and the path of the chosen C."""
+    def dream_stages(prefix: str, series: str, rnn: str, initial_z: str, out: str,
+                     fidelity: bool = False) -> tuple[list[dict], str]:
+        """The dream starts (recipes that begin dreams at real states), the dream's fidelity measure
+        (the first dream only) and C trained in M's dream: from c_seeds seeds side by side (a
+        process each), of which pick_controller.py keeps the one with the best validation score
+        (one seed writes straight to <out>/log/). Returns the stages and the path of the chosen C."""
         best = os.path.join(out, "log", f"binpacking.cma.{s['num_episode']}.{s['popsize']}.best.json")
         c_seeds = s.get("c_seeds", 1)
         c_runs = [(seed + k, os.path.join(out, "log", f"seed{seed + k}") if c_seeds > 1 else os.path.join(out, "log"))
@@ -153,7 +154,7 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
         # what a dream is: the same flags for C's training and for the fidelity stage that measures it
         dream = ((["--dream_reward", s["dream_reward"]] if s["dream_reward"] != "m" else [])
                  + (["--z_noise", str(s["z_noise"])] if s["z_noise"] != 1 else []) + starts_flag)
-        fidelity = [] if prefix else [dict(
+        fidelity_stage = [] if not fidelity else [dict(
             name="dream_fidelity", commands=[[py, "-m", "analysis.dream_fidelity", "--record_dir", j("record"),
                                               "--vae", vae, "--rnn", rnn, "--episodes", str(s["fidelity_episodes"]),
                                               "--out", j("dream_fidelity.json"), "--seed", str(seed),
@@ -176,13 +177,13 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                           if len(c_runs) > 1 else [],
                           inputs=[vae, rnn, initial_z, *starts_flag[1:]], outputs=[best],
                           fresh=[os.path.join(out, "log")])
-        return [*starts_stage, *fidelity, controller], best
+        return [*starts_stage, *fidelity_stage, controller], best
 
     vae, rnn, initial_z = j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")
     item_frames = ["--item_frames", str(s["item_frames"])] if s.get("item_frames") else []
     rnn_flags = ["--seq_len", str(s["seq_len"]), *(["--batch_size", str(s["rnn_batch"])] if s.get("rnn_batch") else []),
                  "--seed", str(seed), *s.get("rnn_extra", [])]
-    dream, best = dream_stages("", j("series", "series.npz"), rnn, initial_z, w)
+    dream, best = dream_stages("", j("series", "series.npz"), rnn, initial_z, w, fidelity=True)
     # World Models' iterative procedure (section 5 of the paper): each round plays the last C in the
     # real problem with exploration, adds those episodes to M's data, trains M on for
     # round_rnn_steps from the last M, and trains C again in the new dream. Everything a round
@@ -325,6 +326,11 @@ UNIT_SECONDS = dict(rollout_step=2.75e-5, vae_frame=1.9e-3, series_step=1.7e-4, 
                     dream_step=1.5e-5, real_step=2.4e-4, final_step=1.4e-4, controller_rollout_step=7.1e-4)
 
 
+def validation_steps(s: dict) -> int:
+    """Real steps one C seed plays on its validation episodes while it trains."""
+    return (s["generations"] // s["eval_steps"]) * s["eval_episodes"] * (s["eval_horizon"] or s["horizon"] or 1000)
+
+
 def estimate(s: dict) -> dict:
     """Seconds per stage for s["workers"] cores, from UNIT_SECONDS (V, series and M on one process)."""
     T = s["horizon"] or 1000
@@ -333,7 +339,7 @@ def estimate(s: dict) -> dict:
     frames *= s["frames_per_episode"] or T
     dream = s["dream_horizon"] or T
     generation = s["popsize"] * s["num_episode"] * dream * UNIT_SECONDS["dream_step"] * s.get("dream_step_factor", 1)
-    evaluations = s["generations"] // s["eval_steps"] * s["eval_episodes"] * T * UNIT_SECONDS["real_step"]
+    evaluations = validation_steps(s) * UNIT_SECONDS["real_step"]
     K = s["workers"]
     window = s.get("rnn_batch", 100) * s["seq_len"] * s.get("rnn_window_step", UNIT_SECONDS["rnn_window_step"])
     controller = s["c_seeds"] * (s["generations"] * generation / K + evaluations) / min(s["c_seeds"], K)
@@ -353,7 +359,7 @@ def real_steps(s: dict) -> dict:
     """Steps of the real problem each part of the pipeline takes (the final evaluation aside):
     the rollouts, C's validation episodes while it trains, and each round's episodes of C."""
     T = s["horizon"] or 1000
-    validation = s["c_seeds"] * (s["generations"] // s["eval_steps"]) * s["eval_episodes"] * (s["eval_horizon"] or T)
+    validation = s["c_seeds"] * validation_steps(s)
     steps = {"rollouts": sum(n for n, _, _ in s["rollouts"]) * T, "controller_validation": validation}
     for r in range(1, s["rounds"] + 1):
         steps[f"round{r}_rollouts"] = s["round_episodes"] * T
