@@ -342,7 +342,7 @@ def estimate(s: dict) -> dict:
     evaluations = validation_steps(s) * UNIT_SECONDS["real_step"]
     K = s["workers"]
     window = s.get("rnn_batch", 100) * s["seq_len"] * s.get("rnn_window_step", UNIT_SECONDS["rnn_window_step"])
-    controller = s["c_seeds"] * (s["generations"] * generation / K + evaluations) / min(s["c_seeds"], K)
+    controller = s["c_seeds"] * (s["generations"] * generation + evaluations) / K   # train.py shares both over K
     rounds = sum(s["round_episodes"] * T * UNIT_SECONDS["controller_rollout_step"] / 2           # 2 processes
                  + (episodes + r * s["round_episodes"]) * T * UNIT_SECONDS["series_step"]
                  + s["round_rnn_steps"] * window + controller for r in range(1, s["rounds"] + 1))

@@ -4,7 +4,8 @@ Each generation, CMA-ES proposes `--popsize` parameter vectors; each is scored b
 reward of `--num_episode` episodes, all members and episodes rolled out together in numpy. With
 K workers (MPI), each worker scores a share of the population. Every `--eval_steps` generations
 the distribution mean is scored on the real environment (validation seeds, never the final
-evaluation's) and the best so far is kept in log/binpacking.cma.16.64.best.json.
+evaluation's; each worker plays a share of them) and the best so far is kept in
+log/binpacking.cma.16.64.best.json.
 
     python train.py                         # one process, no MPI needed
     python train.py --num_worker 4          # re-launches itself under mpiexec
@@ -131,14 +132,14 @@ class Workers:
 class Scorer:
     """Scores parameter vectors in the dream or the real environment; one per worker."""
 
-    def __init__(self, args, need_vae):
+    def __init__(self, args):
         from dream_env import load_initial_z
         self.args = args
         self.config = make_config(dict(PRESETS[args.preset], time_horizon=args.eval_horizon
                                        or PRESETS[args.preset]["time_horizon"]))
         self.rnn = load_rnn(args.rnn)
         self.controller = Controller(self.rnn.z_size, self.rnn.hidden_size, self.rnn.action_size)
-        self.vae = load_vae(args.vae) if need_vae else None
+        self.vae = load_vae(args.vae)     # every worker plays a share of the validation episodes
         horizon = args.time_horizon or self.config.time_horizon
         self.train_config = dict(PRESETS[args.preset], time_horizon=horizon)
         if args.env == "dream":
@@ -161,11 +162,25 @@ class Scorer:
         totals, steps = rollout_real(self.controller, solutions, self.vae, self.rnn, self.train_config, seeds)
         return totals.mean(1), steps
 
-    def validate(self, params, generation):
-        seeds = episode_seeds((self.args.seed, generation), self.args.eval_episodes, "validation")
-        totals, steps = rollout_real(self.controller, params, self.vae, self.rnn, self.config, seeds, progress=True)
-        totals = totals[0]
-        return float(totals.mean()), float(totals.std(ddof=1) / np.sqrt(len(totals))) if len(totals) > 1 else 0.0, steps
+    def validate(self, params, generation, rank=0, size=1):
+        """This worker's share of the validation episodes (every size-th one from rank on): with K
+        workers a validation takes 1/K of the time, and the same episodes whatever K is."""
+        seeds = episode_seeds((self.args.seed, generation), self.args.eval_episodes, "validation")[rank::size]
+        if len(seeds) == 0:
+            return np.zeros(0), 0
+        totals, steps = rollout_real(self.controller, params, self.vae, self.rnn, self.config, seeds,
+                                     progress=rank == 0)
+        return totals[0], steps
+
+
+def join_shares(shares) -> tuple[float, float, int]:
+    """Mean reward, its standard error and the real steps of a validation from the workers' shares,
+    the episodes back in their order (Scorer.validate)."""
+    totals = np.zeros(sum(len(t) for t, _ in shares))
+    for rank, (t, _) in enumerate(shares):
+        totals[rank::len(shares)] = t
+    se = float(totals.std(ddof=1) / np.sqrt(len(totals))) if len(totals) > 1 else 0.0
+    return float(totals.mean()), se, sum(steps for _, steps in shares)
 
 
 # ---------------------------------------------------------------- the loop
@@ -231,7 +246,7 @@ def train(args, workers: Workers):
                 state = pickle.load(f)
             check_resume_flags(args, state, paths["es"])
             print(f"resuming from {paths['es']} at generation {state['generation']}", flush=True)
-    scorer = Scorer(args, need_vae=(workers.rank == 0 or args.env == "real" or args.dream_reward != "m"))
+    scorer = Scorer(args)
     resumed = state is not None
     if workers.rank == 0 and state is None:
         state = new_state(args, scorer.controller.num_params)
@@ -249,7 +264,10 @@ def train(args, workers: Workers):
         rewards, steps = scorer.score(solutions[mine], generation, workers.rank)
         gathered = workers.gather((mine, rewards, steps))
         generation += 1
+        validating = generation % args.eval_steps == 0 or generation == args.generations
         if workers.rank != 0:
+            if validating:
+                workers.gather(scorer.validate(workers.bcast(None), generation, workers.rank, workers.size))
             continue
         fitness = np.zeros(len(solutions))
         for idx, r, s in gathered:
@@ -263,9 +281,11 @@ def train(args, workers: Workers):
         state["hist"].append([generation, round(state["wall_s"], 1), float(fitness.mean()), float(fitness.min()),
                               float(fitness.max()), float(fitness.std()), float(es.sigma), state["real_steps"]])
         mean_params = np.asarray(es.result.xfavorite)
-        if generation % args.eval_steps == 0 or generation == args.generations:
+        if validating:
             t0 = time.time()
-            real_mean, real_se, steps = scorer.validate(mean_params, generation)
+            workers.bcast(mean_params)
+            real_mean, real_se, steps = join_shares(
+                workers.gather(scorer.validate(mean_params, generation, workers.rank, workers.size)))
             state["wall_s"] += time.time() - t0
             state["real_steps"] += steps
             if real_mean > state["best_reward"]:

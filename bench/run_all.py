@@ -80,6 +80,10 @@ def main(argv=None):
     rows += [(f"dream steps/s, {dream['popsize']}x{dream['num_episode']} batched", dream["batched_dream_steps_per_s"]),
              (f"CMA-ES generation in the dream, {dream['horizon']} steps: batched vs one at a time (s)",
               f"{dream['batched_generation_s']} vs {dream['one_at_a_time_generation_s']} ({dream['speedup']}x)")]
+    if "validation" in dream:
+        v = dream["validation"]
+        rows.append((f"C's validation in train.py, {v['episodes']} real episodes: 1 worker vs {v['workers']} (s)",
+                     f"{v['one_worker_s']} vs {v['shared_s']} ({v['speedup']}x)"))
     pipeline = results["recorded"].get("pipeline_small")
     if pipeline:
         skipped = [st["stage"] for st in pipeline.get("stages", []) if st["status"] == "skipped"]

@@ -204,6 +204,14 @@ def test_train_in_the_real_env(models, tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1])["real_steps"] >= 4 * 2 * 6
 
 
+def test_validation_shares_come_back_in_episode_order():
+    from train import join_shares
+    totals = np.arange(7.0)
+    mean, se, steps = join_shares([(totals[r::3], 10 * r) for r in range(3)])
+    assert mean == 3.0 and se == pytest.approx(totals.std(ddof=1) / np.sqrt(7)) and steps == 30
+    assert join_shares([(np.array([-4.0]), 6), (np.zeros(0), 0)])[:2] == (-4.0, 0.0)
+
+
 def test_train_with_mpi_workers(models, tmp_path):
     proc = run(train_cmd(models, tmp_path, "--generations", "2", "--num_worker", "2"))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -456,9 +464,18 @@ def test_common_random_numbers_give_every_member_the_same_dreams(models):
 
 
 def test_train_with_common_random_numbers_on_two_workers(models, tmp_path):
-    proc = run(train_cmd(models, tmp_path, "--generations", "1", "--eval_steps", "5", "--num_worker", "2",
-                         "--common_random_numbers"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    """Two workers score the same dreams and share the same validation episodes as one worker does."""
+    logs = {}
+    for workers in ("2", "1"):
+        proc = run(train_cmd(models, tmp_path / workers, "--generations", "1", "--eval_steps", "5",
+                             "--num_worker", workers, "--common_random_numbers", "--eval_episodes", "5"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        logs[workers] = [json.load(open(tmp_path / workers / f"binpacking.cma.2.4.{name}.json"))
+                         for name in ("best", "hist_best")]
+    (best2, hist2), (best1, hist1) = logs["2"], logs["1"]
+    assert np.allclose(best2[0], best1[0]) and best2[1] == pytest.approx(best1[1], abs=1e-6)
+    assert hist2[0][2:4] == pytest.approx(hist1[0][2:4], abs=1e-6) and hist2[0][5] == hist1[0][5] > 0
+    tmp_path = tmp_path / "2"
     proc = run(train_cmd(models, tmp_path, "--generations", "2", "--eval_steps", "5"))
     assert proc.returncode != 0 and "--common_random_numbers" in proc.stderr
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -199,6 +200,12 @@ def test_dry_run_prints_the_commands_and_an_estimate_and_runs_nothing(tmp_path):
     hours = float(proc.stdout.strip().splitlines()[-1].split()[1])
     assert 1 < hours < 1000
     assert not (tmp_path / "paper").exists()
+
+
+def test_the_estimate_shares_cmaes_and_its_validation_over_the_workers():
+    from pipeline import estimate, plan
+    one, many = (estimate(plan("paper", "starts", workers=k))["controller"] for k in (1, 64))
+    assert one == pytest.approx(64 * many)
 
 
 def test_the_transition_recipe_trains_the_mlp_m_on_item_labelled_series(tmp_path):
