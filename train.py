@@ -172,6 +172,13 @@ class Scorer:
                                      progress=rank == 0)
         return totals[0], steps
 
+    def validate_on_every_worker(self, workers: Workers, params, generation):
+        """Every rank calls this with the same generation (params matter on rank 0 only): each plays
+        its share, and rank 0 gets (mean, standard error, real steps); the others get None."""
+        params = workers.bcast(params)
+        shares = workers.gather(self.validate(params, generation, workers.rank, workers.size))
+        return join_shares(shares) if workers.rank == 0 else None
+
 
 def join_shares(shares) -> tuple[float, float, int]:
     """Mean reward, its standard error and the real steps of a validation from the workers' shares,
@@ -267,7 +274,7 @@ def train(args, workers: Workers):
         validating = generation % args.eval_steps == 0 or generation == args.generations
         if workers.rank != 0:
             if validating:
-                workers.gather(scorer.validate(workers.bcast(None), generation, workers.rank, workers.size))
+                scorer.validate_on_every_worker(workers, None, generation)
             continue
         fitness = np.zeros(len(solutions))
         for idx, r, s in gathered:
@@ -283,9 +290,7 @@ def train(args, workers: Workers):
         mean_params = np.asarray(es.result.xfavorite)
         if validating:
             t0 = time.time()
-            workers.bcast(mean_params)
-            real_mean, real_se, steps = join_shares(
-                workers.gather(scorer.validate(mean_params, generation, workers.rank, workers.size)))
+            real_mean, real_se, steps = scorer.validate_on_every_worker(workers, mean_params, generation)
             state["wall_s"] += time.time() - t0
             state["real_steps"] += steps
             if real_mean > state["best_reward"]:
