@@ -6,8 +6,9 @@
 
 Every stage is the ordinary stage script run as a subprocess, writing under --work_dir:
 rollouts (extract.py) -> V (vae_train.py) -> series.py -> M (rnn_train.py) -> copy_models.py
--> [dream starts (dream_starts.py)] -> dream fidelity (analysis.dream_fidelity, on the same
-dream C will train in) -> C in the dream (train.py; from several seeds side by side where the
+-> [dream starts (dream_starts.py)] -> a Sum of Squares imitation (analysis.imitate, a measuring
+instrument only) -> dream fidelity (analysis.dream_fidelity, on the same dream C will train in)
+-> C in the dream (train.py; from several seeds side by side where the
 scale says so, of which pick_controller.py keeps the best on validation) -> evaluation on the
 real problem (model.py, and Best Fit on the same episodes).
 The recipe `starts` (the default) begins its dreams at recorded real states and scores a dream
@@ -51,7 +52,9 @@ SCALES = {
                  popsize=4, num_episode=2, generations=2, dream_horizon_cap=10, eval_steps=2, eval_episodes=2,
                  eval_horizon=30, workers=1, final_episodes=3, starts_per_episode=5, c_seeds=2, fidelity_episodes=2,
                  fidelity_extra=["--ranking_episodes", "4", "--ranking_real_episodes", "2", "--ranking_real_horizon", "30",
-                                 "--coherence_dreams", "8"], round_episodes=3, round_rnn_steps=10),
+                                 "--coherence_dreams", "8"], round_episodes=3, round_rnn_steps=10,
+                 imitate_extra=["--rounds", "1", "--episodes", "2", "--steps", "20", "--validation_episodes", "2",
+                                "--time_horizon", "30"]),
     # small: a 2-core machine in about an hour (docs/experiments.md, "The whole pipeline at SCALE=small")
     "small": dict(rollout_episodes=800, horizon=None, vae_epochs=30, frames_per_episode=50, rnn_steps=4000,
                   seq_len=100, popsize=64, num_episode=16, generations=30, eval_steps=2, eval_episodes=100,
@@ -135,12 +138,13 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
     dream_horizon = ["--time_horizon", str(s["dream_horizon"])] if s["dream_horizon"] else []
     crn = ["--common_random_numbers"] if s["common_random_numbers"] else []
 
-    def dream_stages(prefix: str, series: str, rnn: str, initial_z: str, out: str,
-                     fidelity: bool = False) -> tuple[list[dict], str]:
+    def dream_stages(prefix: str, series: str, rnn: str, initial_z: str, out: str) -> tuple[list[dict], str]:
         """The dream starts (recipes that begin dreams at real states), the dream's fidelity measure
-        (the first dream only) and C trained in M's dream: from c_seeds seeds side by side (a
-        process each), of which pick_controller.py keeps the one with the best validation score
-        (one seed writes straight to <out>/log/). Returns the stages and the path of the chosen C."""
+        (one-step and closed-loop legality, the paired ranking; every round, so that a user sees
+        whether the rounds make the dream better) and C trained in M's dream: from c_seeds seeds
+        side by side (a process each), of which pick_controller.py keeps the one with the best
+        validation score (one seed writes straight to <out>/log/). Returns the stages and the path
+        of the chosen C."""
         best = os.path.join(out, "log", f"binpacking.cma.{s['num_episode']}.{s['popsize']}.best.json")
         c_seeds = s.get("c_seeds", 1)
         c_runs = [(seed + k, os.path.join(out, "log", f"seed{seed + k}") if c_seeds > 1 else os.path.join(out, "log"))
@@ -154,15 +158,25 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
         # what a dream is: the same flags for C's training and for the fidelity stage that measures it
         dream = ((["--dream_reward", s["dream_reward"]] if s["dream_reward"] != "m" else [])
                  + (["--z_noise", str(s["z_noise"])] if s["z_noise"] != 1 else []) + starts_flag)
-        fidelity_stage = [] if not fidelity else [dict(
-            name="dream_fidelity", commands=[[py, "-m", "analysis.dream_fidelity", "--record_dir", j("record"),
-                                              "--vae", vae, "--rnn", rnn, "--episodes", str(s["fidelity_episodes"]),
-                                              "--out", j("dream_fidelity.json"), "--seed", str(seed),
-                                              *dream, *(["--ranking_paired"] if crn else []),
-                                              *(["--ranking_horizons", str(s["dream_horizon"])]
-                                                if s["dream_horizon"] else []),
-                                              *s.get("fidelity_extra", [])]],
-            inputs=[vae, rnn, initial_z, *starts_flag[1:]], outputs=[j("dream_fidelity.json")])]
+        # the ranking also scores a C fitted to imitate Sum of Squares on this V and M (a measuring
+        # instrument that reads the real problem, never trained on or shipped): does the dream put
+        # it above Best Fit, as the real problem does?
+        imitation = os.path.join(out, "imitate", "sum_of_squares.json")
+        fidelity_stages = [
+            dict(name=prefix + "imitate",
+                 commands=[[py, "-m", "analysis.imitate", "--vae", vae, "--rnn", rnn, "--teacher", "sum_of_squares",
+                            "--seed", str(seed), "--out", imitation,
+                            *s.get("imitate_extra", ["--rounds", "3", "--validation_episodes", "50"])]],
+                 inputs=[vae, rnn], outputs=[imitation]),
+            dict(name=prefix + "dream_fidelity",
+                 commands=[[py, "-m", "analysis.dream_fidelity", "--record_dir", j("record"), "--vae", vae,
+                            "--rnn", rnn, "--initial_z", initial_z, "--episodes", str(s["fidelity_episodes"]),
+                            "--out", os.path.join(out, "dream_fidelity.json"), "--seed", str(seed),
+                            *dream, *(["--ranking_paired"] if crn else []),
+                            *(["--ranking_horizons", str(s["dream_horizon"])] if s["dream_horizon"] else []),
+                            "--ranking_controllers", imitation, *s.get("fidelity_extra", [])]],
+                 inputs=[vae, rnn, initial_z, imitation, *starts_flag[1:]],
+                 outputs=[os.path.join(out, "dream_fidelity.json")])]
         controller = dict(name=prefix + "controller",
                           parallel=[[py, "train.py", "--vae", vae, "--rnn", rnn, "--initial_z", initial_z,
                                      "--log_dir", log_dir, "--popsize", str(s["popsize"]),
@@ -177,13 +191,13 @@ def stages(s: dict, w: str, seed: int) -> list[dict]:
                           if len(c_runs) > 1 else [],
                           inputs=[vae, rnn, initial_z, *starts_flag[1:]], outputs=[best],
                           fresh=[os.path.join(out, "log")])
-        return [*starts_stage, *fidelity_stage, controller], best
+        return [*starts_stage, *fidelity_stages, controller], best
 
     vae, rnn, initial_z = j("vae", "vae.json"), j("rnn", "rnn.json"), j("initial_z", "initial_z.json")
     item_frames = ["--item_frames", str(s["item_frames"])] if s.get("item_frames") else []
     rnn_flags = ["--seq_len", str(s["seq_len"]), *(["--batch_size", str(s["rnn_batch"])] if s.get("rnn_batch") else []),
                  "--seed", str(seed), *s.get("rnn_extra", [])]
-    dream, best = dream_stages("", j("series", "series.npz"), rnn, initial_z, w, fidelity=True)
+    dream, best = dream_stages("", j("series", "series.npz"), rnn, initial_z, w)
     # World Models' iterative procedure (section 5 of the paper): each round plays the last C in the
     # real problem with exploration, adds those episodes to M's data, trains M on for
     # round_rnn_steps from the last M, and trains C again in the new dream. Everything a round
@@ -367,6 +381,27 @@ def real_steps(s: dict) -> dict:
     return {**steps, "total": sum(steps.values())}
 
 
+def dream_measures(path: str) -> dict:
+    """The measures of one dream_fidelity.json that say whether the dream obeys the rules and ranks
+    right: M's legal one-step moves from real states (and V's own ceiling), Best Fit's legal steps
+    in closed-loop dreams, and the Sum of Squares imitation minus Best Fit, paired in the dream
+    (its standard error) and in the real problem."""
+    with open(path) as f:
+        r = json.load(f)
+    legal, ranking = r["one_step_legal"], r.get("policy_ranking") or {}
+    out = {"one_step_legal": legal.get("m_z_noise", legal["m"]), "v_one_step_legal": legal["v"]}
+    if "coherence" in ranking:
+        out["closed_loop_legal"] = ranking["coherence"]["legal_steps"]
+    imitation = [name for name in ranking.get("real", {}) if name.endswith(".json")]
+    rows = [row for row in ranking.get("horizons", []) if "minus_best_fit" in row]
+    if imitation and rows:
+        name, row = imitation[0], rows[-1]
+        out.update(ranking_horizon=row["horizon"], imitation_minus_best_fit=row["minus_best_fit"][name],
+                   imitation_minus_best_fit_stderr=row["minus_best_fit_stderr"][name],
+                   real_imitation_minus_best_fit=ranking["real"][name] - ranking["real"][ranking["policies"][0]])
+    return {k: round(float(v), 4) if isinstance(v, float) else v for k, v in out.items()}
+
+
 def dry_run(s: dict, work_dir: str, seed: int) -> dict:
     """Print the commands of every stage and the estimate; run nothing."""
     for stage in stages(s, work_dir, seed):
@@ -419,10 +454,20 @@ def main(argv=None):
     summary["wall_s"] = round(time.time() - total, 1)
     with open(os.path.join(work_dir, "evaluation.json")) as f:
         summary["evaluation"] = json.load(f)
+    summary["dreams"] = {f"round{r}": dream_measures(os.path.join(work_dir, f"round{r}" if r else "",
+                                                                  "dream_fidelity.json"))
+                         for r in range(args.rounds + 1)}
     atomic_write_json(os.path.join(work_dir, "pipeline_summary.json"), summary, indent=1)
     print("\n| stage | status | wall s |\n| --- | --- | --- |")
     for row in summary["stages"]:
         print(f"| {row['stage']} | {row['status']} | {row['wall_s']} |")
+    print("\n| dream | M one step legal (V's own) | closed loop legal | Sum of Squares imitation minus Best Fit, "
+          "dream (real) |\n| --- | --- | --- | --- |")
+    for name, d in summary["dreams"].items():
+        ranking = (f"{d['imitation_minus_best_fit']:+.2f} +- {d['imitation_minus_best_fit_stderr']:.2f} "
+                   f"({d['real_imitation_minus_best_fit']:+.2f})" if "imitation_minus_best_fit" in d else "")
+        print(f"| {name} | {d['one_step_legal']:.1%} ({d['v_one_step_legal']:.1%}) | "
+              f"{format(d['closed_loop_legal'], '.1%') if 'closed_loop_legal' in d else ''} | {ranking} |")
     for r in summary["evaluation"]:
         print(f"{r['policy']}: {r['mean_reward']:.2f} +- {r['stderr']:.2f} over {r['episodes']} episodes")
     print(f"total {summary['wall_s']:.0f} s; summary in {work_dir}/pipeline_summary.json")

@@ -21,8 +21,8 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.load(open(tmp_path / "pipeline_summary.json"))
     names = [s["stage"] for s in summary["stages"]]
-    assert names == ["rollouts", "vae", "series", "rnn", "copy", "dream_starts", "dream_fidelity", "controller",
-                     "evaluation"]
+    assert names == ["rollouts", "vae", "series", "rnn", "copy", "dream_starts", "imitate", "dream_fidelity",
+                     "controller", "evaluation"]
     assert all(s["status"] == "ran" for s in summary["stages"])
     policies = [r["policy"] for r in summary["evaluation"]]
     assert policies == ["world_model", "best_fit"] and all(r["episodes"] == 3 for r in summary["evaluation"])
@@ -49,7 +49,7 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
     summary = json.load(open(tmp_path / "pipeline_summary.json"))
     status = {s["stage"]: s["status"] for s in summary["stages"]}
     assert list(status) == names[:-1] + ["round1_rollouts", "round1_series", "round1_rnn", "round1_dream_starts",
-                                         "round1_controller", "evaluation"]
+                                         "round1_imitate", "round1_dream_fidelity", "round1_controller", "evaluation"]
     assert all(status[n] == "skipped" for n in names[:-1])
     assert all(v == "ran" for n, v in status.items() if n not in names[:-1])
     with np.load(tmp_path / "round1" / "series" / "series.npz") as d:     # the rollouts and C's 3 episodes
@@ -62,6 +62,15 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
                for k in (8, 9)]
     assert summary["real_steps"]["round1_controller_validation"] == sum(t["real_steps"] for t in trained) > 0
     assert "round1/log/binpacking.cma.2.4.best.json" in proc.stdout.split("[evaluation]")[1]
+    # every round's dream is measured like the first, and the summary holds each one's measures
+    round1 = json.load(open(tmp_path / "round1" / "dream_fidelity.json"))
+    assert round1["rnn"] == str(tmp_path / "round1" / "tf_rnn" / "rnn.json")
+    assert list(summary["dreams"]) == ["round0", "round1"]
+    for measures in summary["dreams"].values():
+        assert 0 <= measures["one_step_legal"] <= 1 and 0 <= measures["closed_loop_legal"] <= 1
+        assert measures["ranking_horizon"] == 10 and measures["imitation_minus_best_fit_stderr"] >= 0
+    assert summary["dreams"]["round1"]["one_step_legal"] == round(round1["one_step_legal"]["m_z_noise"], 4)
+    assert "| round1 |" in proc.stdout
 
     # --force and changed inputs remove a stage's "fresh" paths before it runs again
     # (test_a_stage_redone_starts_afresh_and_a_killed_one_resumes): every checkpoint lies under them
@@ -249,5 +258,12 @@ def test_rounds_play_the_last_c_and_train_m_on_from_the_last_m(tmp_path):
     assert strip(train) == strip(first)
     evaluation = named["evaluation"]["commands"][0]
     assert evaluation[3] == f"{w}/round2/log/binpacking.cma.16.64.best.json"
-    assert "round1_dream_fidelity" not in named
+    fidelity = named["round2_dream_fidelity"]["commands"][0]
+    for flag, path in (("--rnn", "round2/tf_rnn/rnn.json"), ("--initial_z", "round2/tf_rnn/initial_z.json"),
+                       ("--dream_starts", "round2/starts/dream_starts.npz"), ("--out", "round2/dream_fidelity.json"),
+                       ("--ranking_controllers", "round2/imitate/sum_of_squares.json")):
+        assert fidelity[fidelity.index(flag) + 1] == f"{w}/{path}", flag
+    imitate = named["round2_imitate"]["commands"][0]
+    assert imitate[imitate.index("--rnn") + 1] == f"{w}/round2/tf_rnn/rnn.json"
+    assert imitate[imitate.index("--out") + 1] == f"{w}/round2/imitate/sum_of_squares.json"
     assert "round1_rollouts" not in {st["name"] for st in stages(plan("small", "transition"), w, 0)}
