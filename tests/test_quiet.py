@@ -90,7 +90,7 @@ def test_the_agents_bar_spans_its_batches(capsys):
 # TensorFlow's own import) before anything can import TensorFlow.
 TF_SCRIPTS = ["vae_train", "series", "rnn_train", "copy_models", "dream_starts", "train", "model", "evaluate",
               "dream_env", "extract", "run_evaluation_dopamine", "analysis.dream_fidelity", "analysis.imitate",
-              "analysis.window_signal"]
+              "analysis.window_signal", "analysis.seed_table"]
 
 
 def test_every_script_turns_on_onednn_before_tensorflow_unless_the_user_chose():
