@@ -336,8 +336,11 @@ def run_stage(stage: dict, stamp_path: str, force: bool) -> tuple[str, float]:
 
 # Rough per-unit costs on one core of a 2-core machine, from the timed SCALE=small runs
 # (docs/experiments.md, "The whole pipeline at SCALE=small"): only for --dry_run's estimate.
+# The dream measures (docs/experiments.md, "The transition recipe from scratch"): the imitation
+# stage at its fixed flags, and the fidelity stage per held-out episode (its one-step reads dominate).
 UNIT_SECONDS = dict(rollout_step=2.75e-5, vae_frame=1.9e-3, series_step=1.7e-4, rnn_window_step=2.0e-5,
-                    dream_step=1.5e-5, real_step=2.4e-4, final_step=1.4e-4, controller_rollout_step=7.1e-4)
+                    dream_step=1.5e-5, real_step=2.4e-4, final_step=1.4e-4, controller_rollout_step=7.1e-4,
+                    imitate=270.0, fidelity_episode=10.9)
 
 
 def validation_steps(s: dict) -> int:
@@ -365,6 +368,8 @@ def estimate(s: dict) -> dict:
             "series": episodes * T * UNIT_SECONDS["series_step"],
             "rnn": s["rnn_steps"] * window,
             "controller": controller,
+            "dream measures": (1 + s["rounds"]) * (UNIT_SECONDS["imitate"]
+                                                   + s["fidelity_episodes"] * UNIT_SECONDS["fidelity_episode"]),
             **({f"{s['rounds']} round(s)": rounds} if s["rounds"] else {}),
             "evaluation": s["final_episodes"] * T * UNIT_SECONDS["final_step"]}
 
@@ -410,8 +415,8 @@ def dry_run(s: dict, work_dir: str, seed: int) -> dict:
     times = estimate(s)
     print(f"\nrough wall time with {s['workers']} worker(s) (CPU only; V on a GPU is far faster):")
     for name, sec in times.items():
-        print(f"  {name:<11} {sec / 3600:8.2f} h")
-    print(f"  {'total':<11} {sum(times.values()) / 3600:8.2f} h")
+        print(f"  {name:<14} {sec / 3600:8.2f} h")
+    print(f"  {'total':<14} {sum(times.values()) / 3600:8.2f} h")
     return times
 
 
